@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Set up the locked environment and run the main job or the tests; needs only python3.
+
+    python3 bootstrap.py train [OVERRIDES...]   # python train.py OVERRIDES... in .venv
+    python3 bootstrap.py test [PYTEST ARGS...]  # the test suite in .venv
+
+The first call creates `.uv/` (the uv installer, pinned) and `.venv/` (every dependency at
+the exact version in uv.lock); later calls only check that .venv still matches uv.lock.
+Afterwards the environment can also be used directly: `.venv/bin/python train.py ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+UV_VERSION = "0.13.9"
+TOOLS = ROOT / ".uv"
+BIN = "Scripts" if os.name == "nt" else "bin"
+
+
+def sh(*cmd: str | Path, **kw) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kw)
+
+
+def ensure_env() -> Path:
+    if sys.version_info < (3, 11):
+        sys.exit(f"ot_gen needs Python >= 3.11, this is {sys.version.split()[0]}")
+    uv = TOOLS / BIN / "uv"
+    if not uv.exists():
+        print(f"[bootstrap] installing uv {UV_VERSION} into {TOOLS.name}/", flush=True)
+        venv.create(TOOLS, with_pip=True, clear=True)
+        sh(TOOLS / BIN / "python", "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}")
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_PROJECT_ENVIRONMENT": str(ROOT / ".venv")}
+    # --frozen: install exactly what uv.lock says, never re-resolve.
+    sh(uv, "sync", "--frozen", "--quiet", "--python", sys.executable, env=env)
+    return ROOT / ".venv" / BIN / "python"
+
+
+def main(argv: list[str]) -> int:
+    commands = {"train": ["train.py"], "test": ["-m", "pytest"]}
+    if not argv or argv[0] not in commands:
+        print(__doc__)
+        return 2
+    python = ensure_env()
+    return subprocess.call([str(python), *commands[argv[0]], *argv[1:]], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,75 @@
+"""Pictures made during training, sent to the active loggers and saved in the run dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from matplotlib.figure import Figure
+
+from ot_gen.errors import check_positive_int
+from ot_gen.loggers import log_figure
+
+
+class PointCloudPlots(L.Callback):
+    """After each validation, for 1-D and 2-D data:
+
+    - `plots/samples`: generated points over held-out points (2-D scatter, 1-D histogram);
+    - `plots/pairs` (2-D): `n_pairs` reals, as many generated points, and a line from each
+      generated point to the partner the run's matcher gives it.
+
+    Other data shapes are left to the image callbacks.
+    """
+
+    def __init__(self, n_points: int = 1000, n_pairs: int = 150):
+        self.n_points = check_positive_int("n_points", n_points)
+        self.n_pairs = check_positive_int("n_pairs", n_pairs)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        real = trainer.datamodule.val_set
+        if real.dim() != 2 or real.shape[1] > 2:
+            return
+        out_dir = Path(trainer.default_root_dir)
+        step = trainer.global_step
+        real = real[: self.n_points].to(pl_module.device)
+        fake = pl_module.sample(len(real))
+        log_figure(trainer.loggers, out_dir, "plots/samples", self._samples(real, fake, step), step)
+        if real.shape[1] == 2:
+            y = real[: self.n_pairs]
+            x = pl_module.sample(len(y))
+            match = pl_module.matcher(x, y, pl_module.cost)
+            fig = self._pairs(x[match.gen_idx], y[match.real_idx], step)
+            log_figure(trainer.loggers, out_dir, "plots/pairs", fig, step)
+
+    @staticmethod
+    def _samples(real: torch.Tensor, fake: torch.Tensor, step: int) -> Figure:
+        fig = Figure(figsize=(5, 5))
+        ax = fig.add_subplot()
+        r, f = real.cpu().numpy(), fake.cpu().numpy()
+        if r.shape[1] == 1:
+            ax.hist(r[:, 0], bins=50, density=True, alpha=0.5, label="held-out")
+            ax.hist(f[:, 0], bins=50, density=True, alpha=0.5, label="generated")
+        else:
+            ax.scatter(r[:, 0], r[:, 1], s=4, alpha=0.5, label="held-out")
+            ax.scatter(f[:, 0], f[:, 1], s=4, alpha=0.5, label="generated")
+            ax.set_aspect("equal")
+        ax.legend(loc="upper right")
+        ax.set_title(f"step {step}")
+        return fig
+
+    @staticmethod
+    def _pairs(x: torch.Tensor, y: torch.Tensor, step: int) -> Figure:
+        fig = Figure(figsize=(5, 5))
+        ax = fig.add_subplot()
+        xs, ys = x.cpu().numpy(), y.cpu().numpy()
+        for a, b in zip(xs, ys):
+            ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.6)
+        ax.scatter(ys[:, 0], ys[:, 1], s=8, label="real")
+        ax.scatter(xs[:, 0], xs[:, 1], s=8, label="generated")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right")
+        ax.set_title(f"matched pairs, step {step}")
+        return fig

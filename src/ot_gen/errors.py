@@ -1,0 +1,59 @@
+"""The errors ot_gen raises on purpose: each says what is wrong in one line.
+
+`train.py` prints them without a traceback (user mistakes and numerical faults are not
+bugs); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OTGenError(Exception):
+    """Base class of the errors that are reported to the user as one line."""
+
+
+class ConfigError(OTGenError, ValueError):
+    """A config value outside what is allowed.
+
+    `key` is the parameter name; `train.run` prefixes it with the config group
+    (`mode.k`), so the message names the exact key a user typed.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+    def under(self, group: str) -> "ConfigError":
+        return ConfigError(f"{group}.{self.key}", self.value, self.allowed)
+
+
+class NonFiniteError(OTGenError, FloatingPointError):
+    """NaN or Inf in points, costs or the loss."""
+
+
+class SolverError(OTGenError, RuntimeError):
+    """An OT solve that did not reach a valid optimal plan."""
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise `ConfigError(key, value, allowed)` unless `ok`."""
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def check_positive_int(key: str, value: Any, minimum: int = 1) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    check(ok, key, value, f"an integer >= {minimum}")
+    return value
+
+
+def check_positive(key: str, value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    check(ok, key, value, "a number > 0")
+    return float(value)
+
+
+def check_choice(key: str, value: Any, choices) -> Any:
+    check(value in choices, key, value, f"one of {', '.join(map(str, choices))}")
+    return value

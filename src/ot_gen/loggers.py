@@ -1,0 +1,51 @@
+"""Logger construction and the one place that sends a picture to whichever loggers are active."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from matplotlib.figure import Figure
+
+from ot_gen.errors import check_choice
+
+
+def wandb_logged_in() -> bool:
+    """True when W&B credentials are present (WANDB_API_KEY or a ~/.netrc entry)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
+    """A Lightning `WandbLogger`, online when logged in to W&B and offline otherwise.
+
+    `mode`: auto | online | offline. Offline runs are written under `save_dir/wandb/` and
+    uploaded later with `wandb sync <that dir>`. An explicit WANDB_MODE wins over auto.
+    """
+    check_choice("mode", mode, ["auto", "online", "offline"])
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE")
+        mode = env if env in ("online", "offline") else ("online" if wandb_logged_in() else "offline")
+    Path(kwargs.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(offline=mode == "offline", **kwargs)
+
+
+def log_figure(loggers: list[Logger], out_dir: Path, key: str, fig: Figure, step: int) -> Path:
+    """Save `fig` as `out_dir/plots/<name>_step<step>.png` (name: the last part of `key`)
+    and send it to every logger that shows pictures (W&B as wandb.Image, TensorBoard as a
+    figure). Returns the path."""
+    path = Path(out_dir) / "plots" / f"{key.rsplit('/', 1)[-1]}_step{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(key, fig, global_step=step)
+    return path

@@ -1,0 +1,90 @@
+"""The interface every matcher shares.
+
+A matcher pairs m generated points x with n real points y so that each real receives
+exactly `each_real` distinct generated partners (m >= each_real * n). When
+m == each_real * n every generated point is used (the oversampled mode: each real gets
+k); when m > each_real * n the leftovers get no partner (the minibatch mode with ratio > 1:
+each real takes its best distinct generated point). `each_real = 1, m = n` is a permutation.
+
+Subclasses implement `_pair` and may keep state (potentials, warm starts) as module
+buffers, which then travel in the checkpoint. `__call__` checks the inputs, times the
+solve and computes the diagnostics, so every matcher reports the same figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ot_gen.costs import Cost
+from ot_gen.errors import NonFiniteError, check_positive_int
+
+
+@dataclass
+class Matching:
+    """Index pairs (gen_idx[i], real_idx[i]) and the figures logged for every round."""
+
+    gen_idx: torch.Tensor
+    real_idx: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.gen_idx)
+
+
+def identity_pairs(m: int, n: int, each_real: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairing that ignores the points: generated i goes to real i mod n.
+
+    It is a feasible assignment of the same problem, so an optimal matcher's cost is
+    never above its cost; logged next to the matched cost as the "unmatched" baseline.
+    """
+    gen = torch.arange(each_real * n, device=device)
+    return gen, gen % n
+
+
+class Matcher(nn.Module):
+    """Turns two point clouds into index pairs plus diagnostics."""
+
+    name = "matcher"
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, each_real: int = 1) -> Matching:
+        m, n = len(x), len(y)
+        check_positive_int("each_real", each_real)
+        if x.shape[1:] != y.shape[1:]:
+            raise ValueError(f"generated points have shape {tuple(x.shape[1:])}, reals {tuple(y.shape[1:])}")
+        if m < each_real * n:
+            raise ValueError(
+                f"{m} generated points cannot give each of {n} reals {each_real} distinct partners"
+            )
+        for what, t in (("generated points", x), ("real points", y)):
+            if not torch.isfinite(t).all():
+                raise NonFiniteError(f"matcher {self.name}: {what} contain NaN or Inf")
+        with torch.no_grad():
+            start = time.perf_counter()
+            gen_idx, real_idx = self._pair(x.detach(), y.detach(), cost, each_real)
+            solve_s = time.perf_counter() - start
+            stats = self._diagnostics(x, y, cost, each_real, gen_idx, real_idx)
+        stats["solve_s"] = solve_s
+        return Matching(gen_idx, real_idx, stats)
+
+    def _pair(self, x, y, cost: Cost, each_real: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _diagnostics(x, y, cost, each_real, gen_idx, real_idx) -> dict[str, float]:
+        n = len(y)
+        counts = torch.bincount(real_idx, minlength=n).float()
+        ident_gen, ident_real = identity_pairs(len(x), n, each_real, x.device)
+        return {
+            "matched_cost": cost.paired(x[gen_idx], y[real_idx]).mean().item(),
+            "identity_cost": cost.paired(x[ident_gen], y[ident_real]).mean().item(),
+            "dropped": int((counts == 0).sum().item()),
+            "partner_spread": counts.std(unbiased=False).item() if n > 1 else 0.0,
+            "generated_used": len(torch.unique(gen_idx)) / len(x),
+        }
+
+    def extra_repr(self) -> str:
+        return self.name

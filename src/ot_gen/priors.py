@@ -1,0 +1,77 @@
+"""Latent priors: the simple distributions a generator maps to data.
+
+Each prior is an `nn.Module` so its state (the mixture's centres) lives in the
+checkpoint; `sample(n)` draws from torch's global RNG, which `seed` fixes for a run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ot_gen.errors import check, check_positive, check_positive_int
+
+
+class Prior(nn.Module):
+    """A distribution over R^dim with `sample(n) -> (n, dim)`."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        # A buffer only to know the device: priors follow the module they live in.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def sample(self, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GaussianPrior(Prior):
+    """N(0, std² I) in `dim` dimensions."""
+
+    def __init__(self, dim: int, std: float = 1.0):
+        super().__init__(dim)
+        self.std = check_positive("std", std)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.std * torch.randn(n, self.dim, device=self._anchor.device)
+
+
+class GaussianMixturePrior(Prior):
+    """Uniform mixture of `n_components` Gaussians N(c_i, sigma² I).
+
+    The centres c_i ~ N(0, I) are drawn once from `seed` and kept as a buffer, so they are
+    saved with the checkpoint and a resumed or reloaded run samples the same mixture.
+    """
+
+    def __init__(self, dim: int, n_components: int, sigma: float, seed: int = 0):
+        super().__init__(dim)
+        self.n_components = check_positive_int("n_components", n_components)
+        self.sigma = check_positive("sigma", sigma)
+        gen = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("centres", torch.randn(n_components, dim, generator=gen))
+
+    def sample(self, n: int) -> torch.Tensor:
+        k = torch.randint(self.n_components, (n,), device=self.centres.device)
+        noise = torch.randn(n, self.dim, device=self.centres.device)
+        return self.centres[k] + self.sigma * noise
+
+
+class MixedPrior(Prior):
+    """Varga's mixed prior: N(0, std² I) in `dim` dims, of which the last `bool_dims`
+    are shifted by independent fair 0/1 coin flips (2^bool_dims discrete modes)."""
+
+    def __init__(self, dim: int, bool_dims: int, std: float = 1.0):
+        super().__init__(dim)
+        self.std = check_positive("std", std)
+        check(
+            isinstance(bool_dims, int) and 0 <= bool_dims <= dim,
+            "bool_dims", bool_dims, f"an integer in [0, dim={dim}]",
+        )
+        self.bool_dims = bool_dims
+
+    def sample(self, n: int) -> torch.Tensor:
+        z = self.std * torch.randn(n, self.dim, device=self._anchor.device)
+        if self.bool_dims:
+            coins = torch.randint(0, 2, (n, self.bool_dims), device=z.device)
+            z[:, self.dim - self.bool_dims :] += coins.to(z.dtype)
+        return z

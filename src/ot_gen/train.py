@@ -1,0 +1,151 @@
+"""run(cfg): build everything from the composed config, fit, write metrics.json, return
+the metric named by `optimized_metric` so Hydra sweepers can optimise it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from ot_gen.errors import ConfigError, OTGenError, check
+from ot_gen.module import OTGenerator
+
+log = logging.getLogger(__name__)
+
+VAL_METRICS = ("val/w2", "val/w2_ratio", "val/energy")
+
+
+# -- building objects from config groups, with errors that name the key ---------------------
+def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate(node, **kwargs)`, where an unknown key or a value the
+    target rejects becomes a `ConfigError` naming `group.key`."""
+    target = hydra.utils.get_object(node._target_)
+    params = inspect.signature(target).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [p for p in params if p not in kwargs and p != "self"]
+        for key in node:
+            if not str(key).startswith("_") and key not in params:
+                raise ConfigError(f"{group}.{key}", node[key], f"a key of {group}: {', '.join(allowed)}")
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__.under(group) from None
+        raise
+
+
+def _instantiate_all(group: str, nodes: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, logger)."""
+    return [instantiate_group(f"{group}.{name}", node) for name, node in (nodes or {}).items()]
+
+
+def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Trainer]:
+    """Every object of a run, each value checked before any long work starts."""
+    check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
+          f"one of {', '.join(VAL_METRICS)}")
+    data = instantiate_group("data", cfg.data)
+    mode = instantiate_group("mode", cfg.mode)
+    used = data.set_reals_per_round(mode.reals_per_round)
+    if used < mode.reals_per_round:
+        log.info("reals per round capped at the training set size: %d", used)
+    prior = instantiate_group("prior", cfg.prior)
+    in_dim = cfg.network.get("in_dim", prior.dim)
+    check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
+    generator = instantiate_group("network", cfg.network, out_shape=data.data_shape)
+    cost = instantiate_group("cost", cfg.cost)
+    matcher = instantiate_group("matcher", cfg.matcher)
+    optimizer = hydra.utils.instantiate(cfg.optimizer)
+    try:
+        optimizer(generator.parameters())  # torch checks lr, betas, ... here
+    except (ValueError, TypeError) as e:
+        raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, config=config)
+    callbacks = _instantiate_all("callbacks", cfg.get("callbacks"))
+    loggers = _instantiate_all("logger", cfg.get("logger"))
+    trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(config)
+    return module, data, trainer
+
+
+# -- one run ----------------------------------------------------------------------------
+def run(cfg: DictConfig) -> float:
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, data, trainer = build(cfg)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        _save_final_checkpoint(trainer)
+        val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+        metrics = {
+            **train_metrics,
+            **val_metrics,
+            "steps": trainer.global_step,
+            "rounds": int(module.rounds),
+            "wall_s": time.perf_counter() - start,
+        }
+        if trainer.is_global_zero:
+            _report(metrics, Path(cfg.paths.output_dir), trainer)
+        return metrics[cfg.optimized_metric]
+    finally:
+        _finish_wandb()
+
+
+def _save_final_checkpoint(trainer: L.Trainer) -> None:
+    """ModelCheckpoint saves at each validation; make `last.ckpt` the final state."""
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.dirpath and trainer.global_step > 0:
+        last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+        trainer.save_checkpoint(last, weights_only=False)  # full state, so a resume continues exactly
+
+
+def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out_dir / "metrics.json")
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(metrics)
+    log.info(
+        "val/w2 %.4f (floor %.4f, ratio %.2f), val/energy %.4f, %d steps in %.1f s; run dir %s",
+        metrics["val/w2"], metrics["val/w2_floor"], metrics["val/w2_ratio"], metrics["val/energy"],
+        metrics["steps"], metrics["wall_s"], out_dir,
+    )
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run, so every multirun job gets its own (even after an error)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+# -- the Hydra task: user mistakes and numerical faults as one-line errors ----------------
+def task(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except OTGenError as e:
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or (hydra_cfg and hydra_cfg.verbose):
+            raise
+        log.error("%s: %s", type(e).__name__, e)
+        if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN and not isinstance(e, ConfigError):
+            return float("inf")  # one diverged job does not stop the sweep
+        sys.exit(2 if isinstance(e, ConfigError) else 1)

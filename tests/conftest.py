@@ -1,0 +1,66 @@
+"""Test helpers: compose the real conf/ exactly as train.py does, with tiny sizes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small and fast, but real: real data, real solver, real Lightning loop.
+FAST = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "data.n_train=2000",
+    "val_samples=500",
+]
+
+
+def make_config(*overrides: str, out_dir: Path, fast: bool = True) -> DictConfig:
+    """The composed train config, as `python train.py <overrides>` would see it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[*(FAST if fast else []), *overrides, f"paths.output_dir={out_dir}"],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch, tmp_path):
+    """No W&B account in tests: force offline and keep W&B's own files in tmp."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def config(tmp_path):
+    """`config("mode=oversampled", ...)` -> a composed config writing under tmp_path."""
+    counter = iter(range(1000))
+
+    def factory(*overrides: str, fast: bool = True) -> DictConfig:
+        return make_config(*overrides, out_dir=tmp_path / f"run{next(counter)}", fast=fast)
+
+    return factory
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WANDB_API_KEY", None)
+    return env

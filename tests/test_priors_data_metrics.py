@@ -1,0 +1,120 @@
+"""Priors, the toy data sets and the distribution metrics, on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from ot_gen.data import ToyDataModule
+from ot_gen.data.toy import SAMPLERS
+from ot_gen.errors import ConfigError
+from ot_gen.metrics import energy_distance, w2
+from ot_gen.priors import GaussianMixturePrior, GaussianPrior, MixedPrior
+
+
+# -- priors ---------------------------------------------------------------------------------
+def test_gaussian_prior_has_the_configured_std():
+    torch.manual_seed(0)
+    z = GaussianPrior(dim=3, std=0.25).sample(20_000)
+    assert z.shape == (20_000, 3)
+    assert z.std(0).numpy() == pytest.approx([0.25] * 3, rel=0.03)
+
+
+def test_gmm_centres_come_from_the_seed_and_travel_in_the_state_dict():
+    a, b = GaussianMixturePrior(4, 5, 0.1, seed=1), GaussianMixturePrior(4, 5, 0.1, seed=1)
+    c = GaussianMixturePrior(4, 5, 0.1, seed=2)
+    assert torch.equal(a.centres, b.centres) and not torch.equal(a.centres, c.centres)
+    c.load_state_dict(a.state_dict())
+    assert torch.equal(a.centres, c.centres)
+
+
+def test_gmm_samples_sit_sigma_around_centres():
+    prior = GaussianMixturePrior(2, 3, sigma=0.01, seed=0)
+    z = prior.sample(3000)
+    nearest = torch.cdist(z, prior.centres).min(1).values
+    assert nearest.max() < 0.06
+    assert len(torch.unique(torch.cdist(z, prior.centres).argmin(1))) == 3
+
+
+def test_mixed_prior_shifts_only_the_bool_dims_by_coin_flips():
+    torch.manual_seed(0)
+    z = MixedPrior(dim=3, bool_dims=2, std=0.01).sample(4000)
+    assert z[:, 0].abs().max() < 0.06
+    for d in (1, 2):
+        coins = z[:, d].round()
+        assert set(coins.tolist()) == {0.0, 1.0}
+        assert coins.mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "make, key",
+    [
+        (lambda: GaussianPrior(0), "dim=0"),
+        (lambda: GaussianPrior(2, std=-1.0), "std=-1.0"),
+        (lambda: GaussianMixturePrior(2, 0, 0.1), "n_components=0"),
+        (lambda: GaussianMixturePrior(2, 3, 0.0), "sigma=0.0"),
+        (lambda: MixedPrior(2, bool_dims=3), "bool_dims=3"),
+    ],
+)
+def test_bad_prior_values_name_the_key(make, key):
+    with pytest.raises(ConfigError, match=key):
+        make()
+
+
+# -- toy data -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_toy_set_is_seeded_and_has_independent_splits(name):
+    dm = ToyDataModule(name, n_train=500, n_val=300, noise=0.05, seed=3)
+    dm.setup()
+    again = ToyDataModule(name, n_train=500, n_val=300, noise=0.05, seed=3)
+    again.setup()
+    assert dm.train_set.shape == (500, dm.data_shape[0]) and dm.data_shape[0] in (1, 2)
+    assert dm.val_set.shape == (300, dm.data_shape[0])
+    assert torch.isfinite(dm.train_set).all() and dm.train_set.dtype == torch.float32
+    assert torch.equal(dm.train_set, again.train_set)
+    assert not torch.equal(dm.train_set[:300], dm.val_set)
+
+
+def test_reals_per_round_are_capped_at_the_training_set():
+    dm = ToyDataModule("moons", n_train=300, n_val=100)
+    assert dm.set_reals_per_round(1000) == 300
+    dm.setup()
+    (batch,) = next(iter(dm.train_dataloader()))
+    assert batch.shape == (300, 2)
+
+
+def test_unknown_toy_set_lists_the_choices():
+    with pytest.raises(ConfigError, match="name='moonz'.*eight_gaussians"):
+        ToyDataModule("moonz")
+
+
+# -- metrics --------------------------------------------------------------------------------
+def test_w2_of_identical_sets_is_zero_and_of_a_shift_is_the_shift():
+    x = torch.randn(300, 2)
+    assert w2(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert w2(x, x + torch.tensor([3.0, 4.0])) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_w2_matches_pot_on_unequal_sizes():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(25, 3)) + 1
+    expected = np.sqrt(ot.emd2(np.full(40, 1 / 40), np.full(25, 1 / 25), ot.dist(x, y)))
+    assert w2(torch.tensor(x), torch.tensor(y)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_energy_distance_is_near_zero_for_one_distribution_and_positive_for_a_shift():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1500, 2, generator=g), torch.randn(1500, 2, generator=g)
+    assert abs(energy_distance(x, y)) < 0.01
+    assert energy_distance(x, y + 1.0) > 0.5
+
+
+def test_energy_distance_matches_brute_force():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(7, 2, generator=g).double(), torch.randn(5, 2, generator=g).double()
+    xy = np.mean([np.linalg.norm(a - b) for a in x.numpy() for b in y.numpy()])
+    xx = np.mean([np.linalg.norm(a - b) for i, a in enumerate(x.numpy()) for j, b in enumerate(x.numpy()) if i != j])
+    yy = np.mean([np.linalg.norm(a - b) for i, a in enumerate(y.numpy()) for j, b in enumerate(y.numpy()) if i != j])
+    assert energy_distance(x, y) == pytest.approx(2 * xy - xx - yy, rel=1e-6)
