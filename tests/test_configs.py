@@ -45,7 +45,7 @@ def test_the_default_config_is_the_documented_one(config):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("mode.k=0", "mode.k=0 is not allowed: an integer >= 1"),
+        ("mode=oversampled mode.k=0", "mode.k=0 is not allowed: an integer >= 1"),
         ("mode.batch_size=-4", "mode.batch_size=-4 is not allowed: an integer >= 1"),
         ("mode.ratio=1.5", "mode.ratio=1.5 is not allowed: an integer >= 1"),
         ("data.n_train=0", "data.n_train=0 is not allowed: an integer >= 1"),
@@ -54,14 +54,14 @@ def test_the_default_config_is_the_documented_one(config):
         ("network.in_dim=5", "network.in_dim=5 is not allowed: the prior's dimension (prior.dim=2)"),
         ("network.activation=swish", "network.activation='swish' is not allowed: one of relu"),
         ("network.width=0", "network.width=0 is not allowed"),
-        ("+mode.kk=3", "mode.kk=3 is not allowed: a key of mode: pool_size, k,"),
+        ("mode=oversampled +mode.kk=3", "mode.kk=3 is not allowed: a key of mode: pool_size, k,"),
         ("matcher.num_itermax=0", "matcher.num_itermax=0 is not allowed"),
         ("optimizer.lr=-0.1", "optimizer="),
         ("optimized_metric=val/w3", "optimized_metric='val/w3' is not allowed: one of val/w2"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(config, override, message):
-    cfg = config("mode=oversampled", override) if "mode." in override else config(override)
+    cfg = config(*override.split())
     with pytest.raises(ConfigError) as err:
         build(cfg)
     assert message in str(err.value)

@@ -115,3 +115,25 @@ def test_train_py_as_a_user_runs_it(tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     csv = (out / "csv" / "metrics.csv").read_text()
     assert "train/matched_cost" in csv and "val/w2" in csv
+
+
+def test_wandb_by_default_runs_offline_and_records_scalars_pictures_config(config, monkeypatch, tmp_path):
+    from wandb_offline import OfflineRun
+
+    from ot_gen.loggers import wandb_logged_in
+
+    monkeypatch.delenv("WANDB_MODE")  # let the logger decide by itself: no key, no netrc
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not wandb_logged_in()
+    cfg = config(*MODES["minibatch"], "logger=wandb", "trainer.max_steps=60", "mode.val_every_rounds=30")
+    run(cfg)
+    (run_dir,) = (ROOT / cfg.paths.output_dir / "wandb").glob("offline-run-*")
+    logged = OfflineRun.read(run_dir)
+    assert logged.exit_code == 0
+    assert {"train/matched_cost", "train/identity_cost", "train/solve_s", "train/dropped",
+            "train/partner_spread", "train/lr", "val/w2", "val/energy"} <= logged.logged_keys()
+    assert {"plots/samples/_type", "plots/pairs/_type"} <= logged.logged_keys()
+    assert logged.summary["steps"] == 60 and "val/w2" in logged.summary
+    assert logged.config["mode"]["_target_"] == "ot_gen.modes.Minibatch"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_logged_in()
