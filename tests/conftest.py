@@ -20,6 +20,7 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "data.n_train=2000",
     "val_samples=500",
+    "eval.n_generated=5000",
 ]
 
 

@@ -9,6 +9,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, ROOT, python_env
+from test_images import SHARED, write_cifar, write_folder
 from ot_gen.errors import ConfigError, NonFiniteError
 from ot_gen.train import build, run
 
@@ -24,9 +25,26 @@ def options():
             yield group, path.stem
 
 
+def needs(group: str, option: str, tmp_path) -> list[str]:
+    """What an option needs beside it to build here: data files, or image data for a conv net."""
+    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_mnist", "otgan_fashion")):
+        return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.n_train=500", "val_samples=100"]
+    if option == "cifar10":
+        write_cifar(tmp_path / "c10")
+        return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null"]
+    if option == "image_folder":
+        write_folder(tmp_path / "imgs")
+        return [f"data.root={tmp_path}/imgs", "val_samples=2", "data.n_train=null"]
+    if option == "conv28":
+        return ["data=clock"]
+    if option == "deconv32":
+        return ["data=clock", "data.image_size=32"]
+    return []
+
+
 @pytest.mark.parametrize("group,option", list(options()), ids=lambda v: str(v))
-def test_every_option_composes_and_builds(config, group, option):
-    cfg = config(f"{group}={option}")
+def test_every_option_composes_and_builds(config, group, option, tmp_path):
+    cfg = config(f"{group}={option}", *needs(group, option, tmp_path))
     if (group, option) in NEEDS_GPU:
         assert cfg.trainer.devices >= 1
         return

@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 from ot_gen.errors import check_positive_int
-from ot_gen.loggers import log_figure
+from ot_gen.loggers import log_picture
 
 
 class PointCloudPlots(L.Callback):
@@ -36,13 +37,13 @@ class PointCloudPlots(L.Callback):
         step = trainer.global_step
         real = real[: self.n_points].to(pl_module.device)
         fake = pl_module.sample(len(real))
-        log_figure(trainer.loggers, out_dir, "plots/samples", self._samples(real, fake, step), step)
+        log_picture(trainer.loggers, out_dir, "plots/samples", self._samples(real, fake, step), step)
         if real.shape[1] == 2:
             y = real[: self.n_pairs]
             x = pl_module.sample(len(y))
             match = pl_module.matcher(x, y, pl_module.cost)
             fig = self._pairs(x[match.gen_idx], y[match.real_idx], step)
-            log_figure(trainer.loggers, out_dir, "plots/pairs", fig, step)
+            log_picture(trainer.loggers, out_dir, "plots/pairs", fig, step)
 
     @staticmethod
     def _samples(real: torch.Tensor, fake: torch.Tensor, step: int) -> Figure:
@@ -73,3 +74,34 @@ class PointCloudPlots(L.Callback):
         ax.legend(loc="upper right")
         ax.set_title(f"matched pairs, step {step}")
         return fig
+
+
+class ImageGrids(L.Callback):
+    """After each validation, for image data:
+
+    - `images/samples`: a grid of `n_samples` generated images;
+    - `images/pairs`: `n_pairs` held-out images (top row) over the generated images the
+      run's matcher pairs them with (bottom row).
+    """
+
+    def __init__(self, n_samples: int = 64, n_pairs: int = 16):
+        self.n_samples = check_positive_int("n_samples", n_samples)
+        self.n_pairs = check_positive_int("n_pairs", n_pairs, minimum=2)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        if dm.val_set.dim() != 4:
+            return
+        out_dir, step = Path(trainer.default_root_dir), trainer.global_step
+        samples = dm.to_unit(pl_module.sample(self.n_samples)).clamp(0, 1).cpu()
+        grid = make_grid(samples, nrow=int(self.n_samples**0.5), pad_value=1.0)
+        log_picture(trainer.loggers, out_dir, "images/samples", grid, step)
+        y = dm.val_set[: self.n_pairs].to(pl_module.device)
+        x = pl_module.sample(len(y))
+        match = pl_module.matcher(x, y, pl_module.cost)
+        order = torch.argsort(match.real_idx)
+        rows = torch.cat([y[match.real_idx[order]], x[match.gen_idx[order]]])
+        grid = make_grid(dm.to_unit(rows).clamp(0, 1).cpu(), nrow=len(y), pad_value=1.0)
+        log_picture(trainer.loggers, out_dir, "images/pairs", grid, step)

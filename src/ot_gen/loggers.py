@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+import torch
 from matplotlib.figure import Figure
+from torchvision.utils import save_image
 
 from ot_gen.errors import check_choice
 
@@ -36,16 +38,22 @@ def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     return WandbLogger(offline=mode == "offline", **kwargs)
 
 
-def log_figure(loggers: list[Logger], out_dir: Path, key: str, fig: Figure, step: int) -> Path:
-    """Save `fig` as `out_dir/plots/<name>_step<step>.png` (name: the last part of `key`)
-    and send it to every logger that shows pictures (W&B as wandb.Image, TensorBoard as a
-    figure). Returns the path."""
+def log_picture(loggers: list[Logger], out_dir: Path, key: str, picture: Figure | torch.Tensor, step: int) -> Path:
+    """Save a matplotlib figure or an image tensor (C, H, W) in [0, 1] as
+    `out_dir/plots/<name>_step<step>.png` (name: the last part of `key`) and send it to
+    every logger that shows pictures (W&B as wandb.Image, TensorBoard as figure/image)."""
     path = Path(out_dir) / "plots" / f"{key.rsplit('/', 1)[-1]}_step{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    if isinstance(picture, Figure):
+        picture.savefig(path, dpi=100, bbox_inches="tight")
+    else:
+        save_image(picture, path)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[str(path)], step=step)
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(key, fig, global_step=step)
+            if isinstance(picture, Figure):
+                logger.experiment.add_figure(key, picture, global_step=step)
+            else:
+                logger.experiment.add_image(key, picture.clamp(0, 1), global_step=step)
     return path

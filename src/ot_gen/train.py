@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, OTGenError, check
+from ot_gen.metrics import unseen_sample_distances
 from ot_gen.module import OTGenerator
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def run(cfg: DictConfig) -> float:
         metrics = {
             **train_metrics,
             **val_metrics,
+            **_unseen_sample_metrics(cfg.eval, module, data),
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
             "wall_s": time.perf_counter() - start,
@@ -105,6 +107,16 @@ def run(cfg: DictConfig) -> float:
         return metrics[cfg.optimized_metric]
     finally:
         _finish_wandb()
+
+
+def _unseen_sample_metrics(cfg: DictConfig, module: OTGenerator, data) -> dict[str, float]:
+    """How well generated points approximate held-out ones (pixel scale [0, 1] for images)."""
+    if not cfg.n_generated:
+        return {}
+    heldout = data.to_unit(data.val_set[: cfg.n_heldout].to(module.device))
+    train = data.to_unit(data.train_set.to(module.device))
+    sample = lambda n: data.to_unit(module.sample(n))  # noqa: E731
+    return unseen_sample_distances(heldout, train, sample, cfg.n_generated, cfg.chunk)
 
 
 def _save_final_checkpoint(trainer: L.Trainer) -> None:

@@ -1,5 +1,5 @@
 """Data: the LightningDataModule and the data sets behind it."""
 
-from ot_gen.data.datamodule import OTDataModule, ToyDataModule
+from ot_gen.data.datamodule import ImageDataModule, OTDataModule, ToyDataModule
 
-__all__ = ["OTDataModule", "ToyDataModule"]
+__all__ = ["ImageDataModule", "OTDataModule", "ToyDataModule"]

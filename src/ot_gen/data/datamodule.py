@@ -11,16 +11,25 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ot_gen.data import toy
+import logging
+from pathlib import Path
+
+from torchvision.transforms.v2 import functional as TF
+
+from ot_gen.data import image_families, image_files, toy
 from ot_gen.errors import check, check_choice, check_positive_int
+
+log = logging.getLogger(__name__)
 
 
 class OTDataModule(L.LightningDataModule):
     """Base: subclasses fill `self.train_set` / `self.val_set` (tensors) in `_make`."""
 
-    def __init__(self, n_train: int, n_val: int, seed: int = 0, num_workers: int = 0):
+    value_range: tuple[float, float] | None = None  # images: the pixel range; None: not images
+
+    def __init__(self, n_train: int | None, n_val: int, seed: int = 0, num_workers: int = 0):
         super().__init__()
-        self.n_train = check_positive_int("n_train", n_train)
+        self.n_train = None if n_train is None else check_positive_int("n_train", n_train)
         self.n_val = check_positive_int("n_val", n_val, minimum=2)
         self.seed = int(seed)
         self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
@@ -37,8 +46,16 @@ class OTDataModule(L.LightningDataModule):
     def set_reals_per_round(self, n: int) -> int:
         """Reals per training round; capped at the training set size. Returns the value used."""
         check_positive_int("batch_size", n)
-        self.batch_size = min(n, self.n_train)
+        self.setup()
+        self.batch_size = min(n, len(self.train_set))
         return self.batch_size
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images mapped to [0, 1] for display and pixel-scale distances; other data as is."""
+        if self.value_range is None:
+            return x
+        lo, hi = self.value_range
+        return (x - lo) / (hi - lo)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -74,7 +91,7 @@ class ToyDataModule(OTDataModule):
 
     def __init__(self, name: str, n_train: int = 10_000, n_val: int = 2000, noise: float = 0.0,
                  seed: int = 0, num_workers: int = 0):
-        super().__init__(n_train, n_val, seed, num_workers)
+        super().__init__(check_positive_int("n_train", n_train), n_val, seed, num_workers)
         self.name = check_choice("name", name, list(toy.SAMPLERS))
         check(isinstance(noise, (int, float)) and noise >= 0, "noise", noise, "a number >= 0")
         self.noise = float(noise)
@@ -83,3 +100,106 @@ class ToyDataModule(OTDataModule):
         train = toy.sample(self.name, self.n_train, seed=self.seed, stream=0, noise=self.noise)
         val = toy.sample(self.name, self.n_val, seed=self.seed, stream=1, noise=self.noise)
         return torch.from_numpy(train), torch.from_numpy(val)
+
+
+IMAGE_SOURCES = ["mnist", "fashion_mnist", "cifar10", "image_folder", *image_families.FAMILIES]
+VALUE_RANGES = [(-1.0, 1.0), (0.0, 1.0)]
+
+
+class ImageDataModule(OTDataModule):
+    """Images (N, C, H, W) as float tensors in `value_range`, from one `source`:
+
+    - `mnist`, `fashion_mnist`, `cifar10`: files under `root` (torchvision's layout or the
+      bare files), downloaded by torchvision when `download` and a network are there;
+    - `image_folder`: every image under `root`, converted to `channels` (1 or 3);
+    - `clock`, `wave`, `sine`, `plane`: synthetic families generated from `seed`.
+
+    `image_size` resizes (None: native; 28 for the synthetic families); `classes` keeps
+    only those labels; `n_train` takes a random subset of the training split (None: all).
+    Held-out points come from the test split when there is one, otherwise `n_val` images
+    are set aside from the training pool (disjoint from the training subset).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        root: str | None = None,
+        image_size: int | None = None,
+        channels: int = 1,
+        value_range: tuple[float, float] = (-1.0, 1.0),
+        n_train: int | None = None,
+        n_val: int = 2000,
+        classes: list[int] | None = None,
+        download: bool = False,
+        on_bad_file: str = "skip",
+        cache_dir: str | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(n_train, n_val, seed, num_workers)
+        self.source = check_choice("source", source, IMAGE_SOURCES)
+        needs_root = source in ("mnist", "fashion_mnist", "cifar10", "image_folder")
+        check(root is not None or not needs_root, "root", root, f"a folder with the {source} files")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.image_size = None if image_size is None else check_positive_int("image_size", image_size, 4)
+        self.channels = check_choice("channels", channels, [1, 3])
+        rng = tuple(float(v) for v in value_range)
+        self.value_range = check_choice("value_range", rng, VALUE_RANGES)
+        self.classes = None if classes is None else [int(c) for c in classes]
+        self.download = bool(download)
+        self.on_bad_file = check_choice("on_bad_file", on_bad_file, ["skip", "fail"])
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "ot_gen").expanduser()
+
+    def _make(self):
+        if self.source in image_families.FAMILIES:
+            size = self.image_size or 28
+            n = self.n_train or 10_000
+            train = image_families.sample(self.source, n, size, self.seed, stream=0)
+            val = image_families.sample(self.source, self.n_val, size, self.seed, stream=1)
+            return self._scale(train), self._scale(val)
+        train, val = self._split(self._load())
+        return self._scale(self._to_float(train)), self._scale(self._to_float(val))
+
+    def _load(self) -> image_files.Splits:
+        if self.source == "cifar10":
+            return image_files.load_cifar10(self.root, self.download)
+        if self.source == "image_folder":
+            size = self.image_size or 64
+            return image_files.load_image_folder(self.root, size, self.channels, self.on_bad_file)
+        return image_files.load_idx(self.source, self.root, self.download, self.cache_dir)
+
+    def _split(self, splits: image_files.Splits) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        filtered = {name: self._filter(name, *xy) for name, xy in splits.items()}
+        pool = filtered["train"] if "train" in filtered else filtered["test"]
+        order = torch.randperm(len(pool), generator=gen)
+        if "train" in filtered and "test" in filtered:
+            test = filtered["test"]
+            check(self.n_val <= len(test), "n_val", self.n_val, f"at most the {len(test)} held-out images")
+            val = test[torch.randperm(len(test), generator=gen)[: self.n_val]]
+        else:
+            log.warning("%s: only one split found under %s; holding out %d of its %d images for validation",
+                        self.source, self.root, self.n_val, len(pool))
+            check(self.n_val < len(pool), "n_val", self.n_val, f"fewer than the {len(pool)} images available")
+            val, order = pool[order[: self.n_val]], order[self.n_val :]
+        n_train = self.n_train or len(order)
+        check(n_train <= len(order), "n_train", self.n_train, f"at most the {len(order)} training images available")
+        return pool[order[:n_train]], val
+
+    def _filter(self, split: str, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.classes is None:
+            return x
+        check(labels is not None, "classes", self.classes, f"null: {self.source} has no labels")
+        keep = torch.isin(labels, torch.tensor(self.classes))
+        check(bool(keep.any()), "classes", self.classes, f"labels present in {self.source}'s {split} split")
+        return x[keep]
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0
+        if self.image_size is not None and self.image_size != x.shape[-1]:
+            x = TF.resize(x, [self.image_size, self.image_size], antialias=True).clamp_(0, 1)
+        return x
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.value_range
+        return (x * (hi - lo) + lo).contiguous()

@@ -1,0 +1,168 @@
+"""Image data sets read from disk: MNIST, Fashion-MNIST, CIFAR-10 and any folder of images.
+
+Each loader returns {"train": (images, labels), "test": (images, labels)} with uint8
+images of shape (N, C, H, W) and int64 labels (or None); a split whose files are absent is
+left out. Downloads go through torchvision's own classes, when `download` is true and a
+network is there; without one, a missing file is an error that says what is expected where.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets.utils import extract_archive
+
+from ot_gen.errors import OTGenError
+
+log = logging.getLogger(__name__)
+
+Splits = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class DataFileError(OTGenError, FileNotFoundError):
+    """Data files missing, unreadable or corrupt; the message names the file(s)."""
+
+
+# -- MNIST and Fashion-MNIST (IDX files) ------------------------------------------------------
+IDX_SETS = {
+    "mnist": (datasets.MNIST, "MNIST"),
+    "fashion_mnist": (datasets.FashionMNIST, "FashionMNIST"),
+}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _find(root: Path, folder: str, name: str) -> Path | None:
+    """`name` or `name.gz` in torchvision's layout (root/<Folder>/raw/) or in root itself."""
+    for d in (root / folder / "raw", root):
+        for candidate in (d / name, d / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _readable(path: Path, cache: Path) -> Path:
+    """The uncompressed file: `path` itself, or `path` decompressed once into `cache`
+    (data folders may be read-only, so nothing is written next to the data)."""
+    if path.suffix != ".gz":
+        return path
+    target = cache / path.stem
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            extract_archive(str(path), str(cache))
+        except (OSError, EOFError) as e:
+            target.unlink(missing_ok=True)
+            raise DataFileError(f"{path}: cannot be decompressed ({e}); the file is corrupt or truncated") from None
+    return target
+
+
+def load_idx(name: str, root: Path, download: bool, cache: Path) -> Splits:
+    cls, folder = IDX_SETS[name]
+    if _find(root, folder, IDX_FILES["train"][0]) is None and download:
+        try:  # torchvision downloads (and md5-checks) into root/<Folder>/raw/
+            cls(str(root), train=True, download=True)
+        except Exception as e:  # no network here: fall through to the clear error below
+            log.warning("%s download failed: %s", name, e)
+    splits: Splits = {}
+    for split, (images, labels) in IDX_FILES.items():
+        found = [_find(root, folder, images), _find(root, folder, labels)]
+        if None in found:
+            continue
+        try:
+            x = read_image_file(str(_readable(found[0], cache / folder)))
+            y = read_label_file(str(_readable(found[1], cache / folder)))
+        except (AssertionError, RuntimeError, ValueError) as e:
+            raise DataFileError(f"{found[0]} / {found[1]}: not valid IDX files ({e})") from None
+        if len(x) != len(y):
+            raise DataFileError(f"{found[0]} has {len(x)} images but {found[1]} has {len(y)} labels")
+        splits[split] = (x.unsqueeze(1), y.long())
+    if not splits:
+        hint = "; or `apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion_mnist" else ""
+        raise DataFileError(
+            f"{name}: no data files under data.root={root}. Expected {IDX_FILES['train'][0]}.gz, "
+            f"{IDX_FILES['train'][1]}.gz (and/or the t10k-* test files) in {root}/{folder}/raw/ or {root}/; "
+            f"get them with data.download=true where there is a network{hint}"
+        )
+    return splits
+
+
+# -- CIFAR-10 (python pickle batches) -------------------------------------------------------------
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+        raise DataFileError(f"{path}: not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
+    return data, labels
+
+
+def load_cifar10(root: Path, download: bool) -> Splits:
+    """CIFAR-10's on-disk format: root/cifar-10-batches-py/{data_batch_1..5,test_batch}.
+
+    Any subset of the batch files is read (a training split of fewer batches works);
+    torchvision's CIFAR10 class fetches the official archive when `download` is true.
+    """
+    base = root / CIFAR_DIR
+    if not (base / CIFAR_FILES["train"][0]).is_file() and download:
+        try:
+            datasets.CIFAR10(str(root), train=True, download=True)
+        except Exception as e:
+            log.warning("cifar10 download failed: %s", e)
+    splits: Splits = {}
+    for split, names in CIFAR_FILES.items():
+        parts = [_cifar_batch(base / n) for n in names if (base / n).is_file()]
+        if parts:
+            x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+            splits[split] = (x, torch.from_numpy(np.concatenate([p[1] for p in parts])))
+    if not splits:
+        raise DataFileError(
+            f"cifar10: no batch files under {base}/ (data.root={root}). Expected data_batch_1..5 and "
+            f"test_batch from cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html); "
+            f"get them with data.download=true where there is a network"
+        )
+    return splits
+
+
+# -- any folder of images -------------------------------------------------------------------------
+def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: str) -> Splits:
+    """Every image file under `root` (recursively, any format PIL reads), converted to
+    `channels` (1: grayscale, 3: RGB) and resized to image_size × image_size.
+    An unreadable file is named in the log and skipped (`on_bad_file=skip`) or is an error."""
+    if not root.is_dir():
+        raise DataFileError(f"image_folder: data.root={root} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataFileError(f"image_folder: no image files ({', '.join(IMG_EXTENSIONS)}) under data.root={root}")
+    mode = {1: "L", 3: "RGB"}[channels]
+    images, skipped = [], []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BICUBIC)
+                images.append(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            if on_bad_file == "fail":
+                raise DataFileError(f"image_folder: cannot read {path}: {e} (set data.on_bad_file=skip to skip it)") from None
+            skipped.append(path)
+            log.warning("image_folder: skipping unreadable %s: %s", path, e)
+    if not images:
+        raise DataFileError(f"image_folder: none of the {len(files)} files under {root} could be read")
+    if skipped:
+        log.warning("image_folder: skipped %d unreadable file(s) of %d", len(skipped), len(files))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return {"train": (x, None)}

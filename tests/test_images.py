@@ -1,0 +1,210 @@
+"""Image data sets (real files, on-disk formats the tests make), networks, image experiments."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+from ot_gen.data import ImageDataModule
+from ot_gen.data.image_families import FAMILIES
+from ot_gen.data.image_files import DataFileError
+from ot_gen.errors import ConfigError
+from ot_gen.metrics import nearest_distances
+from ot_gen.networks import DeconvGenerator
+from ot_gen.train import build, run
+
+SHARED = ROOT.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data not present")
+
+
+def datamodule(source, tmp_path, **kw):
+    dm = ImageDataModule(source, cache_dir=str(tmp_path / "cache"), **kw)
+    dm.setup()
+    return dm
+
+
+# -- MNIST-format files -----------------------------------------------------------------------
+@needs_shared
+def test_mnist_test_split_only_is_split_into_disjoint_train_and_heldout(tmp_path):
+    dm = datamodule("mnist", tmp_path, root=str(SHARED / "mnist"), n_train=3000, n_val=500, value_range=(0, 1))
+    assert dm.train_set.shape == (3000, 1, 28, 28) and dm.val_set.shape == (500, 1, 28, 28)
+    assert dm.train_set.min() >= 0 and dm.train_set.max() == 1
+    flat_train = {tuple(r) for r in dm.train_set.flatten(1)[:, 200:260].tolist()}
+    assert not any(tuple(r) in flat_train for r in dm.val_set.flatten(1)[:, 200:260].tolist())
+
+
+@needs_shared
+def test_mnist_class_filter_and_resize_to_32(tmp_path):
+    dm = datamodule("mnist", tmp_path, root=str(SHARED / "mnist"), classes=[3], n_val=100, image_size=32)
+    assert dm.train_set.shape[1:] == (1, 32, 32) and 800 < len(dm.train_set) < 1100
+    assert dm.train_set.min() >= -1 and dm.train_set.max() <= 1
+    with pytest.raises(ConfigError, match="classes=\\[42\\]"):
+        datamodule("mnist", tmp_path, root=str(SHARED / "mnist"), classes=[42])
+
+
+@needs_shared
+def test_fashion_mnist_both_splits_and_torchvision_layout(tmp_path):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (SHARED / "fashion-mnist").glob("*.gz"):
+        (raw / f.name).symlink_to(f)
+    dm = datamodule("fashion_mnist", tmp_path, root=str(tmp_path / "data"), n_train=5000, n_val=1000)
+    assert dm.train_set.shape == (5000, 1, 28, 28) and dm.val_set.shape == (1000, 1, 28, 28)
+    bare = datamodule("fashion_mnist", tmp_path, root=str(SHARED / "fashion-mnist"), n_train=5000, n_val=1000)
+    assert torch.equal(bare.train_set, dm.train_set)
+
+
+def test_missing_files_say_what_is_expected_where(tmp_path):
+    with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte.gz.*FashionMNIST/raw.*apt-get install dataset-fashion-mnist"):
+        datamodule("fashion_mnist", tmp_path, root=str(tmp_path / "nothing"), download=False)
+
+
+@needs_shared
+def test_truncated_file_is_named(tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    data = (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 3])
+    shutil.copy(SHARED / "mnist" / "t10k-labels-idx1-ubyte.gz", root)
+    with pytest.raises(DataFileError, match="t10k-images-idx3-ubyte"):
+        datamodule("mnist", tmp_path, root=str(root))
+
+
+def test_wrong_sizes_in_idx_files_are_named(tmp_path):
+    root = tmp_path / "idx"
+    root.mkdir()
+    images = np.zeros((5, 28, 28), np.uint8)
+    header = np.array([0x00000803, 5, 28, 28], ">i4").tobytes()
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + images.tobytes())
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(np.array([0x00000801, 4], ">i4").tobytes() + bytes(4))
+    with pytest.raises(DataFileError, match="5 images but .* 4 labels"):
+        datamodule("mnist", tmp_path, root=str(root))
+
+
+# -- CIFAR-10 on-disk format --------------------------------------------------------------------
+def write_cifar(root, n_per_batch=20, batches=2):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, batches + 1)] + ["test_batch"]:
+        entry = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 "labels": list(rng.integers(0, 10, n_per_batch))}
+        with open(base / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return base
+
+
+def test_cifar10_reads_its_on_disk_format(tmp_path):
+    base = write_cifar(tmp_path / "c10")
+    dm = datamodule("cifar10", tmp_path, root=str(tmp_path / "c10"), n_val=10)
+    assert dm.train_set.shape == (40, 3, 32, 32) and dm.val_set.shape == (10, 3, 32, 32)
+    with open(base / "data_batch_1", "rb") as f:
+        first = pickle.load(f)["data"]
+    # Channel-first layout as CIFAR stores it (1024 red, 1024 green, 1024 blue values).
+    pixels = torch.from_numpy(first.reshape(-1, 3, 32, 32)).float() / 255 * 2 - 1
+    assert any(torch.allclose(pixels[0], img) for img in dm.train_set)
+
+
+def test_cifar10_corrupt_batch_is_named(tmp_path):
+    base = write_cifar(tmp_path / "c10")
+    (base / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(DataFileError, match="data_batch_2"):
+        datamodule("cifar10", tmp_path, root=str(tmp_path / "c10"))
+
+
+# -- image folders ----------------------------------------------------------------------------
+def write_folder(root):
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(root / f"rgb{i}.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(root / "sub" / "gray.jpg")
+    (root / "broken.png").write_bytes(b"\x89PNG garbage")
+    return root
+
+
+def test_image_folder_converts_resizes_and_skips_bad_files(tmp_path, caplog):
+    root = write_folder(tmp_path / "imgs")
+    dm = datamodule("image_folder", tmp_path, root=str(root), image_size=16, channels=3, n_val=2)
+    assert dm.train_set.shape == (5, 3, 16, 16) and dm.val_set.shape == (2, 3, 16, 16)
+    assert "broken.png" in caplog.text
+    gray = datamodule("image_folder", tmp_path, root=str(root), image_size=16, channels=1, n_val=2)
+    assert gray.train_set.shape[1] == 1
+
+
+def test_image_folder_bad_file_fails_when_asked(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    with pytest.raises(DataFileError, match="broken.png"):
+        datamodule("image_folder", tmp_path, root=str(root), on_bad_file="fail", n_val=2)
+
+
+def test_image_folder_without_images_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFileError, match="no image files"):
+        datamodule("image_folder", tmp_path, root=str(tmp_path / "empty"))
+
+
+# -- synthetic families -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_synthetic_families_are_seeded_images_in_range(tmp_path, name):
+    a = datamodule(name, tmp_path, n_train=200, n_val=50, seed=4)
+    b = datamodule(name, tmp_path, n_train=200, n_val=50, seed=4)
+    assert a.train_set.shape == (200, 1, 28, 28) and torch.equal(a.train_set, b.train_set)
+    assert a.train_set.min() >= -1 and a.train_set.max() <= 1
+    assert a.train_set.flatten(1).std(0).mean() > 0.05, "images must vary"
+
+
+def test_clock_hands_have_one_intensity_and_a_direction(tmp_path):
+    dm = datamodule("clock", tmp_path, n_train=50, n_val=5, value_range=(0, 1))
+    for img in dm.train_set[:10, 0]:
+        lit = img[img > 0]
+        assert len(lit) > 10 and torch.allclose(lit, lit[0])
+
+
+# -- networks, metric, experiments ---------------------------------------------------------------
+def test_deconv_generators_fit_their_image_sizes():
+    assert DeconvGenerator(8, (3, 32, 32))(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+    assert DeconvGenerator(8, (1, 28, 28), widths=[32, 16])(torch.randn(2, 8)).shape == (2, 1, 28, 28)
+
+
+def test_network_data_mismatch_is_a_clear_error(config):
+    with pytest.raises(ConfigError, match=r"network.widths=\[256, 128, 64\].*28×28"):
+        build(config("data=clock", "network=deconv32"))
+    with pytest.raises(ConfigError, match=r"network.out_shape=\(2,\).*network=mlp"):
+        build(config("network=conv28"))
+
+
+def test_nearest_distances_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    q, c = torch.randn(30, 5, generator=g), torch.randn(200, 5, generator=g)
+    expected = torch.cdist(q, c).min(1).values
+    assert torch.allclose(nearest_distances(q, c.split(64)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("experiment", ["emgn_mnist_smoke", "otgan_fashion_smoke"])
+@needs_shared
+def test_reference_experiments_run_at_smoke_size(config, experiment, tmp_path):
+    cfg = config(f"experiment={experiment}", f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache",
+                 fast=False)
+    cfg.logger = None
+    cfg.trainer.enable_progress_bar = False
+    run(cfg)
+    out = ROOT / cfg.paths.output_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"eval/nn_generated_mean", "eval/nn_train_mean", "train/matched_cost"} <= set(metrics)
+    assert metrics["eval/nn_train_mean"] < metrics["eval/nn_generated_mean"]  # untrained: far from data
+    step = metrics["steps"]
+    for kind in ("samples", "pairs"):
+        assert (out / "plots" / f"{kind}_step{step:07d}.png").is_file()
