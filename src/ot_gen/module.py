@@ -133,6 +133,7 @@ class OTGenerator(L.LightningModule):
             },
             prog_bar=True,
             batch_size=len(y),
+            sync_dist=True,  # under DDP each rank scores its shard of the held-out set: average them
         )
 
     def _noise_floor(self, n: int) -> float:
