@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +23,9 @@ from ot_gen.metrics import nearest_distances
 from ot_gen.networks import DeconvGenerator
 from ot_gen.train import build, run
 
-SHARED = ROOT.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="../shared/data not present")
+# The project's real data: ../shared/data beside the checkout (as in CI), or $OT_GEN_TEST_DATA.
+SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))
+needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no test data at {SHARED}")
 
 
 def datamodule(source, tmp_path, **kw):
