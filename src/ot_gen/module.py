@@ -46,9 +46,6 @@ class OTGenerator(L.LightningModule):
         self.w2_floor: float | None = None
 
     # -- sampling ------------------------------------------------------------------------
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator(z)
-
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         z = self.prior.sample(n)
@@ -75,7 +72,7 @@ class OTGenerator(L.LightningModule):
 
     def _minibatch_round(self, y: torch.Tensor) -> dict[str, float]:
         z = self.prior.sample(self.mode.ratio * len(y))
-        x = self.generate(z)
+        x = self.generator(z)
         self._check_finite(x, "generated points")
         match = self.matcher(x, y, self.cost, each_real=1)
         loss = self.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
@@ -86,7 +83,7 @@ class OTGenerator(L.LightningModule):
         k = self.mode.k_at(int(self.rounds))
         z = self.prior.sample(k * len(y))
         with torch.no_grad():
-            x = torch.cat([self.generate(c) for c in z.split(GENERATE_CHUNK)])
+            x = torch.cat([self.generator(c) for c in z.split(GENERATE_CHUNK)])
         self._check_finite(x, "generated points")
         match = self.matcher(x, y, self.cost, each_real=k)
         z_pairs, y_pairs = z[match.gen_idx], y[match.real_idx]
@@ -94,7 +91,7 @@ class OTGenerator(L.LightningModule):
             order = torch.randperm(len(z_pairs), device=z_pairs.device)
             losses = []
             for idx in order.split(self.mode.fit_batch_size):
-                loss = self.cost.paired(self.generate(z_pairs[idx]), y_pairs[idx]).mean()
+                loss = self.cost.paired(self.generator(z_pairs[idx]), y_pairs[idx]).mean()
                 self._step(loss)
                 losses.append(loss.detach())
         return {**match.stats, "loss": torch.stack(losses).mean().item(), "k": k}
