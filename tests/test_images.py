@@ -25,7 +25,8 @@ from ot_gen.train import build, run
 
 # The project's real data: ../shared/data beside the checkout (as in CI), or $OT_GEN_TEST_DATA.
 SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))
-needs_shared = pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no test data at {SHARED}")
+HAS_SHARED = (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+needs_shared = pytest.mark.skipif(not HAS_SHARED, reason=f"no test data at {SHARED}")
 
 
 def datamodule(source, tmp_path, **kw):
