@@ -30,7 +30,8 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
     if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_mnist", "otgan_fashion")):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
-        return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.n_train=500", "val_samples=100"]
+        return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
+                "data.n_train=500", "val_samples=100"]
     if option == "cifar10":
         write_cifar(tmp_path / "c10")
         return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null"]

@@ -30,7 +30,7 @@ needs_shared = pytest.mark.skipif(not HAS_SHARED, reason=f"no test data at {SHAR
 
 
 def datamodule(source, tmp_path, **kw):
-    dm = ImageDataModule(source, cache_dir=str(tmp_path / "cache"), **kw)
+    dm = ImageDataModule(source, cache_dir=str(tmp_path / "cache"), **{"download": False, **kw})
     dm.setup()
     return dm
 
@@ -68,7 +68,7 @@ def test_fashion_mnist_both_splits_and_torchvision_layout(tmp_path):
 
 def test_missing_files_say_what_is_expected_where(tmp_path):
     with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte.gz.*FashionMNIST/raw.*apt-get install dataset-fashion-mnist"):
-        datamodule("fashion_mnist", tmp_path, root=str(tmp_path / "nothing"), download=False)
+        datamodule("fashion_mnist", tmp_path, root=str(tmp_path / "nothing"))
 
 
 @needs_shared
@@ -201,7 +201,7 @@ def test_nearest_distances_match_brute_force():
 @needs_shared
 def test_reference_experiments_run_at_smoke_size(config, experiment, tmp_path):
     cfg = config(f"experiment={experiment}", f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache",
-                 fast=False)
+                 "data.download=false", fast=False)
     cfg.logger = None
     cfg.trainer.enable_progress_bar = False
     run(cfg)

@@ -2,8 +2,9 @@
 
 Each loader returns {"train": (images, labels), "test": (images, labels)} with uint8
 images of shape (N, C, H, W) and int64 labels (or None); a split whose files are absent is
-left out. Downloads go through torchvision's own classes, when `download` is true and a
-network is there; without one, a missing file is an error that says what is expected where.
+left out. When none of a set's files are there and `download` is true, torchvision's own
+class downloads them (a folder that holds some of the files is used as it is, never
+written to); without a network, the error says which files are expected where.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def _readable(path: Path, cache: Path) -> Path:
 
 def load_idx(name: str, root: Path, download: bool, cache: Path) -> Splits:
     cls, folder = IDX_SETS[name]
-    if _find(root, folder, IDX_FILES["train"][0]) is None and download:
+    present = [f for files in IDX_FILES.values() for f in files if _find(root, folder, f)]
+    if not present and download:
         try:  # torchvision downloads (and md5-checks) into root/<Folder>/raw/
             cls(str(root), train=True, download=True)
         except Exception as e:  # no network here: fall through to the clear error below
@@ -118,7 +120,8 @@ def load_cifar10(root: Path, download: bool) -> Splits:
     torchvision's CIFAR10 class fetches the official archive when `download` is true.
     """
     base = root / CIFAR_DIR
-    if not (base / CIFAR_FILES["train"][0]).is_file() and download:
+    present = [n for names in CIFAR_FILES.values() for n in names if (base / n).is_file()]
+    if not present and download:
         try:
             datasets.CIFAR10(str(root), train=True, download=True)
         except Exception as e:
