@@ -13,6 +13,20 @@ from ot_gen.errors import check_positive_int
 from ot_gen.loggers import log_picture
 
 
+def _draws_now(trainer: L.Trainer) -> bool:
+    """Pictures are drawn once per real validation, by rank zero only."""
+    return not trainer.sanity_checking and trainer.is_global_zero
+
+
+def _matched_pairs(pl_module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As many generated points as reals `y`, paired by the run's matcher and cost;
+    returns (generated, real) row-aligned in the order of the reals."""
+    x = pl_module.sample(len(y))
+    match = pl_module.matcher(x, y, pl_module.cost)
+    order = torch.argsort(match.real_idx)
+    return x[match.gen_idx[order]], y[match.real_idx[order]]
+
+
 class PointCloudPlots(L.Callback):
     """After each validation, for 1-D and 2-D data:
 
@@ -28,10 +42,8 @@ class PointCloudPlots(L.Callback):
         self.n_pairs = check_positive_int("n_pairs", n_pairs)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
         real = trainer.datamodule.val_set
-        if real.dim() != 2 or real.shape[1] > 2:
+        if not _draws_now(trainer) or real.dim() != 2 or real.shape[1] > 2:
             return
         out_dir = Path(trainer.default_root_dir)
         step = trainer.global_step
@@ -39,10 +51,7 @@ class PointCloudPlots(L.Callback):
         fake = pl_module.sample(len(real))
         log_picture(trainer.loggers, out_dir, "plots/samples", self._samples(real, fake, step), step)
         if real.shape[1] == 2:
-            y = real[: self.n_pairs]
-            x = pl_module.sample(len(y))
-            match = pl_module.matcher(x, y, pl_module.cost)
-            fig = self._pairs(x[match.gen_idx], y[match.real_idx], step)
+            fig = self._pairs(*_matched_pairs(pl_module, real[: self.n_pairs]), step)
             log_picture(trainer.loggers, out_dir, "plots/pairs", fig, step)
 
     @staticmethod
@@ -89,19 +98,14 @@ class ImageGrids(L.Callback):
         self.n_pairs = check_positive_int("n_pairs", n_pairs, minimum=2)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
         dm = trainer.datamodule
-        if dm.val_set.dim() != 4:
+        if not _draws_now(trainer) or dm.val_set.dim() != 4:
             return
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         samples = dm.to_unit(pl_module.sample(self.n_samples)).clamp(0, 1).cpu()
         grid = make_grid(samples, nrow=int(self.n_samples**0.5), pad_value=1.0)
         log_picture(trainer.loggers, out_dir, "images/samples", grid, step)
-        y = dm.val_set[: self.n_pairs].to(pl_module.device)
-        x = pl_module.sample(len(y))
-        match = pl_module.matcher(x, y, pl_module.cost)
-        order = torch.argsort(match.real_idx)
-        rows = torch.cat([y[match.real_idx[order]], x[match.gen_idx[order]]])
-        grid = make_grid(dm.to_unit(rows).clamp(0, 1).cpu(), nrow=len(y), pad_value=1.0)
+        fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device))
+        rows = torch.cat([real, fake])
+        grid = make_grid(dm.to_unit(rows).clamp(0, 1).cpu(), nrow=len(real), pad_value=1.0)
         log_picture(trainer.loggers, out_dir, "images/pairs", grid, step)

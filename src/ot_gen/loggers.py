@@ -6,8 +6,8 @@ import netrc
 import os
 from pathlib import Path
 
-from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 import torch
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 from torchvision.utils import save_image
 

@@ -7,13 +7,12 @@ the pool size in the oversampled mode (the whole training set when it is smaller
 
 from __future__ import annotations
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 import logging
 from pathlib import Path
 
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
 from ot_gen.data import image_families, image_files, toy
@@ -143,8 +142,7 @@ class ImageDataModule(OTDataModule):
         self.root = Path(root).expanduser() if root is not None else None
         self.image_size = None if image_size is None else check_positive_int("image_size", image_size, 4)
         self.channels = check_choice("channels", channels, [1, 3])
-        rng = tuple(float(v) for v in value_range)
-        self.value_range = check_choice("value_range", rng, VALUE_RANGES)
+        self.value_range = check_choice("value_range", tuple(float(v) for v in value_range), VALUE_RANGES)
         self.classes = None if classes is None else [int(c) for c in classes]
         self.download = bool(download)
         self.on_bad_file = check_choice("on_bad_file", on_bad_file, ["skip", "fail"])

@@ -32,6 +32,17 @@ class DataFileError(OTGenError, FileNotFoundError):
     """Data files missing, unreadable or corrupt; the message names the file(s)."""
 
 
+def _download_if_absent(name: str, present: list, download: bool, fetch) -> None:
+    """Call torchvision's downloader `fetch()` only when none of the set's files are
+    there; a failure (no network) is logged and left to the caller's clear error."""
+    if present or not download:
+        return
+    try:
+        fetch()
+    except Exception as e:
+        log.warning("%s download failed: %s", name, e)
+
+
 # -- MNIST and Fashion-MNIST (IDX files) ------------------------------------------------------
 IDX_SETS = {
     "mnist": (datasets.MNIST, "MNIST"),
@@ -69,11 +80,8 @@ def _readable(path: Path, cache: Path) -> Path:
 def load_idx(name: str, root: Path, download: bool, cache: Path) -> Splits:
     cls, folder = IDX_SETS[name]
     present = [f for files in IDX_FILES.values() for f in files if _find(root, folder, f)]
-    if not present and download:
-        try:  # torchvision downloads (and md5-checks) into root/<Folder>/raw/
-            cls(str(root), train=True, download=True)
-        except Exception as e:  # no network here: fall through to the clear error below
-            log.warning("%s download failed: %s", name, e)
+    # torchvision downloads (and md5-checks) into root/<Folder>/raw/
+    _download_if_absent(name, present, download, lambda: cls(str(root), train=True, download=True))
     splits: Splits = {}
     for split, (images, labels) in IDX_FILES.items():
         found = [_find(root, folder, images), _find(root, folder, labels)]
@@ -121,11 +129,7 @@ def load_cifar10(root: Path, download: bool) -> Splits:
     """
     base = root / CIFAR_DIR
     present = [n for names in CIFAR_FILES.values() for n in names if (base / n).is_file()]
-    if not present and download:
-        try:
-            datasets.CIFAR10(str(root), train=True, download=True)
-        except Exception as e:
-            log.warning("cifar10 download failed: %s", e)
+    _download_if_absent("cifar10", present, download, lambda: datasets.CIFAR10(str(root), train=True, download=True))
     splits: Splits = {}
     for split, names in CIFAR_FILES.items():
         parts = [_cifar_batch(base / n) for n in names if (base / n).is_file()]
