@@ -19,11 +19,16 @@ def _draws_now(trainer: L.Trainer) -> bool:
 
 
 def _matched_pairs(pl_module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """As many generated points as reals `y`, paired by the run's matcher and cost;
-    returns (generated, real) row-aligned in the order of the reals."""
+    """As many generated points as reals `y`, paired by the run's matcher and matching
+    cost; returns (generated, real) row-aligned in the order of the reals. A matcher over
+    the whole training set (semidiscrete) pairs them with training points instead of `y`.
+    The module is in eval mode here, so stateful matchers pair without learning."""
     x = pl_module.sample(len(y))
-    match = pl_module.matcher(x, y, pl_module.cost)
-    order = torch.argsort(match.real_idx)
+    matcher = pl_module.matcher
+    if matcher.full_data:
+        y = matcher.reals
+    match = matcher(x, y, pl_module.match_cost)
+    order = torch.argsort(match.real_idx, stable=True)
     return x[match.gen_idx[order]], y[match.real_idx[order]]
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from ot_gen.errors import check
+
 
 class Cost:
     """Base class: subclasses implement `_paired` on flat (p, d) rows and `_pairwise`."""
 
     name = "cost"
+    matches_only = False  # True: fit to pair points, not to regress on (train.build refuses it as `cost`)
 
     def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._pairwise(x.flatten(1), y.flatten(1))
@@ -67,3 +70,101 @@ class L1(Cost):
 
     def _paired(self, x, y):
         return (x - y).abs().sum(1)
+
+
+class _ImageCost(Cost):
+    """A cost defined on images (N, C, H, W) with pixel range `data_range` (hi − lo of the
+    data's value_range). Built with `data_range: ${oc.select:data.value_range,null}`, so
+    a non-image data set is a config error naming cost.data_range."""
+
+    def __init__(self, data_range: list[float] | tuple[float, float] | None):
+        check(data_range is not None and len(data_range) == 2, "data_range", data_range,
+              f"the data's value range: cost {self.name} works on image data only")
+        self.data_range = float(data_range[1]) - float(data_range[0])
+
+    def pairwise(self, x, y):
+        return self._pairwise(self._image(x), self._image(y))
+
+    def paired(self, x, y):
+        return self._paired(self._image(x), self._image(y))
+
+    def _image(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"cost {self.name} needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(data_range={self.data_range})"
+
+
+class SSIM(_ImageCost):
+    """c(x, y) = 1 − SSIM(x, y): the structural similarity of Wang et al. (2004), Gaussian
+    window 11×11, σ = 1.5, K1 = 0.01, K2 = 0.03, mean over the valid positions and
+    channels. The pairwise matrix needs every pair's local covariances, so it costs about
+    121× a squared-Euclidean matrix: the OT-GAN paper matched with `psnr` for that reason."""
+
+    name = "ssim"
+    window, sigma = 11, 1.5
+
+    def _kernel(self, x):
+        r = torch.arange(self.window, dtype=x.dtype, device=x.device) - (self.window - 1) / 2
+        g = torch.exp(-(r**2) / (2 * self.sigma**2))
+        g = g / g.sum()
+        return torch.outer(g, g)
+
+    def _patches(self, x):
+        """(N, P, 121): every valid 11×11 window of every channel, flattened."""
+        c = x.shape[1]
+        if min(x.shape[-2:]) < self.window:
+            raise ValueError(f"cost ssim needs images of at least {self.window}×{self.window}, got {tuple(x.shape)}")
+        p = torch.nn.functional.unfold(x, self.window)  # (N, C·121, L)
+        return p.view(len(x), c, self.window**2, -1).permute(0, 1, 3, 2).reshape(len(x), -1, self.window**2)
+
+    def _ssim(self, mx, my, vx, vy, cov):
+        c1, c2 = (0.01 * self.data_range) ** 2, (0.03 * self.data_range) ** 2
+        num = (2 * mx * my + c1) * (2 * cov + c2)
+        den = (mx**2 + my**2 + c1) * (vx + vy + c2)
+        return (num / den).mean(-1)
+
+    def _moments(self, p, w):
+        mean = p @ w
+        return mean, (p * p) @ w - mean**2
+
+    def _paired(self, x, y):
+        w = self._kernel(x).flatten()
+        px, py = self._patches(x), self._patches(y)
+        (mx, vx), (my, vy) = self._moments(px, w), self._moments(py, w)
+        cov = (px * py) @ w - mx * my
+        return 1 - self._ssim(mx, my, vx, vy, cov)
+
+    def _pairwise(self, x, y, rows: int = 64):
+        w = self._kernel(x).flatten()
+        px, py = self._patches(x), self._patches(y)
+        (mx, vx), (my, vy) = self._moments(px, w), self._moments(py, w)
+        pyw = py * w  # (n, P, 121)
+        out = []
+        for i in range(0, len(x), rows):  # (rows, n, P) at a time
+            exy = torch.einsum("apk,bpk->abp", px[i : i + rows], pyw)
+            cov = exy - mx[i : i + rows, None] * my[None]
+            out.append(self._ssim(mx[i : i + rows, None], my[None], vx[i : i + rows, None], vy[None], cov))
+        return 1 - torch.cat(out)
+
+
+class PSNR(_ImageCost):
+    """c(x, y) = −PSNR(x, y) = 10·log10(MSE / data_range²) in dB: matching only (the
+    OT-GAN paper matched with PSNR and regressed with SSIM). As `cost` it is refused; use
+    it as `cost@match_cost=psnr` next to a regression cost."""
+
+    name = "psnr"
+    matches_only = True
+
+    def _mse(self, d):
+        return d.clamp_min(1e-20) / (self.data_range**2)
+
+    def _pairwise(self, x, y):
+        n = x[0].numel()
+        d = SqEuclidean().pairwise(x, y) / n
+        return 10 * torch.log10(self._mse(d))
+
+    def _paired(self, x, y):
+        return 10 * torch.log10(self._mse(((x - y) ** 2).flatten(1).mean(1)))

@@ -1,7 +1,8 @@
-"""Exact assignment matchers: POT's network simplex and scipy's Hungarian method.
+"""Assignment matchers: each real receives exactly `each_real` distinct generated points.
 
-Both solve the same problem exactly: minimise the summed cost over assignments where
-each real receives `each_real` distinct generated points. They differ only in speed.
+`exact` (POT's network simplex) and `hungarian` (scipy) solve the problem exactly and
+differ only in speed; `random` draws a uniformly random assignment of the same shape, the
+control that shows what matching buys.
 """
 
 from __future__ import annotations
@@ -15,11 +16,27 @@ from scipy.optimize import linear_sum_assignment
 
 from ot_gen.costs import Cost
 from ot_gen.errors import SolverError, check_positive_int
-from ot_gen.matching.base import Matcher
+from ot_gen.matching.base import Matcher, check_finite_matrix
 
 
-def _cost_matrix(x, y, cost: Cost) -> np.ndarray:
-    return cost.pairwise(x.double(), y.double()).cpu().numpy()
+def cost_matrix(matcher: str, x, y, cost: Cost) -> torch.Tensor:
+    """The (m, n) float64 cost matrix, checked finite (a cost can overflow on finite points)."""
+    C = cost.pairwise(x.double(), y.double())
+    check_finite_matrix(matcher, "the cost matrix", C)
+    return C
+
+
+def integer_marginals(C: torch.Tensor, each_real: int):
+    """Marginals (a, b) of the k-to-1 problem and the matrix they go with: mass 1 per
+    generated point, `each_real` per real. When there are more generated points than
+    needed, a zero-cost dummy real (an extra column) takes the spare ones."""
+    m, n = C.shape
+    a, b = C.new_ones(m), C.new_full((n,), float(each_real))
+    spare = m - each_real * n
+    if spare:
+        C = torch.cat([C, C.new_zeros(m, 1)], 1)
+        b = torch.cat([b, b.new_full((1,), float(spare))])
+    return a, b, C
 
 
 def _to_index(rows: np.ndarray, cols: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,14 +63,11 @@ class ExactMatcher(Matcher):
         self.num_itermax = check_positive_int("num_itermax", num_itermax)
 
     def _pair(self, x, y, cost, each_real):
-        m, n = len(x), len(y)
-        C = _cost_matrix(x, y, cost)
-        a = np.ones(m)
-        b = np.full(n, float(each_real))
-        spare = m - each_real * n
-        if spare:
-            C = np.hstack([C, np.zeros((m, 1))])
-            b = np.append(b, float(spare))
+        n = len(y)
+        a, b, C = (t.cpu().numpy() for t in integer_marginals(cost_matrix(self.name, x, y, cost), each_real))
+        # POT's network simplex reports negative costs (e.g. -PSNR) as infeasible; a constant
+        # shift of every entry leaves the optimal plan unchanged (the total mass is fixed).
+        C = C - min(C.min(), 0.0)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # POT reports non-optimality only as a warning
             plan, log = ot.emd(a, b, C, numItermax=self.num_itermax, log=True)
@@ -78,8 +92,21 @@ class HungarianMatcher(Matcher):
     name = "hungarian"
 
     def _pair(self, x, y, cost, each_real):
-        C = _cost_matrix(x, y, cost)
+        C = cost_matrix(self.name, x, y, cost).cpu().numpy()
         if each_real > 1:
             C = np.repeat(C, each_real, axis=1)
         rows, cols = linear_sum_assignment(C)
         return _to_index(rows, cols // each_real, x.device)
+
+
+class RandomMatcher(Matcher):
+    """A control without OT: a uniformly random assignment of the same shape (each real
+    receives `each_real` distinct generated points), drawn from the global torch RNG so a
+    seeded run is reproducible."""
+
+    name = "random"
+
+    def _pair(self, x, y, cost, each_real):
+        n = len(y)
+        gen = torch.randperm(len(x), device=x.device)[: each_real * n]
+        return gen, torch.arange(each_real * n, device=x.device) % n

@@ -1,14 +1,20 @@
 """The interface every matcher shares.
 
-A matcher pairs m generated points x with n real points y so that each real receives
-exactly `each_real` distinct generated partners (m >= each_real * n). When
-m == each_real * n every generated point is used (the oversampled mode: each real gets
-k); when m > each_real * n the leftovers get no partner (the minibatch mode with ratio > 1:
-each real takes its best distinct generated point). `each_real = 1, m = n` is a permutation.
+A matcher pairs m generated points x with n real points y. Two kinds exist:
 
-Subclasses implement `_pair` and may keep state (potentials, warm starts) as module
-buffers, which then travel in the checkpoint. `__call__` checks the inputs, times the
-solve and computes the diagnostics, so every matcher reports the same figures.
+- assignments (`bijective = True`: exact, hungarian, sinkhorn, random): each real receives
+  exactly `each_real` distinct generated partners (m >= each_real * n). When
+  m == each_real * n every generated point is used (the oversampled mode: each real gets
+  k); when m > each_real * n the leftovers get no partner (the minibatch mode with
+  ratio > 1: each real takes its best distinct generated point).
+- maps (`bijective = False`: nearest, semidiscrete, critic): every generated point (or
+  every real) picks a partner on its own; reals may go without partner or share one.
+  `each_real` is then the intended share per real, not a constraint.
+
+Subclasses implement `_pair` and may keep state (potentials, critic weights) as module
+buffers and parameters, which then travel in the checkpoint. `__call__` checks the
+inputs, times the solve and computes the diagnostics, so every matcher reports the same
+figures.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from torch import nn
 
 from ot_gen.costs import Cost
 from ot_gen.errors import NonFiniteError, check_positive_int
+
+MODES = ("minibatch", "oversampled")
 
 
 @dataclass
@@ -41,50 +49,73 @@ def identity_pairs(m: int, n: int, each_real: int, device=None) -> tuple[torch.T
     It is a feasible assignment of the same problem, so an optimal matcher's cost is
     never above its cost; logged next to the matched cost as the "unmatched" baseline.
     """
-    gen = torch.arange(each_real * n, device=device)
+    gen = torch.arange(min(m, each_real * n), device=device)
     return gen, gen % n
+
+
+def check_finite_matrix(matcher: str, what: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise NonFiniteError(f"matcher {matcher}: {what} contains NaN or Inf")
 
 
 class Matcher(nn.Module):
     """Turns two point clouds into index pairs plus diagnostics."""
 
     name = "matcher"
+    bijective = True  # each real gets exactly `each_real` distinct partners
+    modes = MODES  # the training modes this matcher makes sense in
+    full_data = False  # True: matches against the whole training set, given by attach_data
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, each_real: int = 1) -> Matching:
         m, n = len(x), len(y)
         check_positive_int("each_real", each_real)
         if x.shape[1:] != y.shape[1:]:
             raise ValueError(f"generated points have shape {tuple(x.shape[1:])}, reals {tuple(y.shape[1:])}")
-        if m < each_real * n:
+        if m == 0 or n == 0:
+            raise ValueError(f"matcher {self.name}: nothing to match ({m} generated points, {n} reals)")
+        if self.bijective and m < each_real * n:
             raise ValueError(
                 f"{m} generated points cannot give each of {n} reals {each_real} distinct partners"
             )
         for what, t in (("generated points", x), ("real points", y)):
             if not torch.isfinite(t).all():
                 raise NonFiniteError(f"matcher {self.name}: {what} contain NaN or Inf")
+        start = time.perf_counter()
         with torch.no_grad():
-            start = time.perf_counter()
-            gen_idx, real_idx = self._pair(x.detach(), y.detach(), cost, each_real)
-            solve_s = time.perf_counter() - start
+            gen_idx, real_idx, extra = self._split_stats(self._pair(x.detach(), y.detach(), cost, each_real))
+        solve_s = time.perf_counter() - start
+        with torch.no_grad():
             stats = self._diagnostics(x, y, cost, each_real, gen_idx, real_idx)
-        stats["solve_s"] = solve_s
+        stats.update(extra, solve_s=solve_s)
         return Matching(gen_idx, real_idx, stats)
 
-    def _pair(self, x, y, cost: Cost, each_real: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair(self, x, y, cost: Cost, each_real: int):
+        """Return (gen_idx, real_idx) or (gen_idx, real_idx, extra_stats)."""
         raise NotImplementedError
+
+    def attach_data(self, reals: torch.Tensor) -> None:
+        """Called once before training with the whole training set (full_data matchers)."""
+
+    @staticmethod
+    def _split_stats(result):
+        return result if len(result) == 3 else (*result, {})
 
     @staticmethod
     def _diagnostics(x, y, cost, each_real, gen_idx, real_idx) -> dict[str, float]:
-        n = len(y)
+        m, n = len(x), len(y)
         counts = torch.bincount(real_idx, minlength=n).float()
-        ident_gen, ident_real = identity_pairs(len(x), n, each_real, x.device)
-        return {
+        gen_counts = torch.bincount(gen_idx, minlength=m)
+        stats = {
             "matched_cost": cost.paired(x[gen_idx], y[real_idx]).mean().item(),
-            "identity_cost": cost.paired(x[ident_gen], y[ident_real]).mean().item(),
             "dropped": int((counts == 0).sum().item()),
             "partner_spread": counts.std(unbiased=False).item() if n > 1 else 0.0,
-            "generated_used": len(torch.unique(gen_idx)) / len(x),
+            "generated_used": int((gen_counts > 0).sum().item()) / m,
+            "reals_sharing": int((gen_counts[gen_idx] > 1).sum().item()),
         }
+        if m >= each_real * n:
+            ident_gen, ident_real = identity_pairs(m, n, each_real, x.device)
+            stats["identity_cost"] = cost.paired(x[ident_gen], y[ident_real]).mean().item()
+        return stats
 
     def extra_repr(self) -> str:
         return self.name

@@ -1,0 +1,78 @@
+"""SSIM and PSNR costs against independent formulas, and their config rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ot_gen.costs import PSNR, SSIM
+from ot_gen.errors import ConfigError
+from ot_gen.train import build
+
+
+def images(n, seed, shape=(1, 16, 16)):
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def ssim_by_convolution(x, y, data_range):
+    """SSIM computed the textbook way: Gaussian-filtered moments by conv2d per channel."""
+    r = torch.arange(11, dtype=x.dtype) - 5
+    g = torch.exp(-(r**2) / (2 * 1.5**2))
+    w = torch.outer(g, g) / g.sum() ** 2
+    c = x.shape[1]
+    w = w.expand(c, 1, 11, 11)
+    blur = lambda t: F.conv2d(t, w, groups=c)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 12, 14)])
+def test_ssim_cost_matches_the_textbook_formula_pairwise_and_paired(shape):
+    x, y = images(5, 0, shape), images(4, 1, shape)
+    cost = SSIM((-1.0, 1.0))
+    pairwise = cost.pairwise(x, y)
+    expected = torch.stack([1 - ssim_by_convolution(x[i : i + 1].expand_as(y), y, 2.0) for i in range(5)])
+    torch.testing.assert_close(pairwise, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cost.paired(x[:4], y), expected.diagonal(), atol=1e-5, rtol=1e-5)
+    assert cost.paired(x, x).abs().max() < 1e-6, "identical images cost nothing"
+
+
+def test_psnr_cost_is_minus_psnr_in_db():
+    x, y = images(3, 2), images(2, 3)
+    cost = PSNR((0.0, 1.0))
+    mse = ((x[:, None] - y[None]) ** 2).flatten(2).mean(2)
+    torch.testing.assert_close(cost.pairwise(x, y), 10 * torch.log10(mse), atol=1e-4, rtol=1e-5)
+    shifted = cost.paired(x, x + 0.1)
+    torch.testing.assert_close(shifted, torch.full((3,), 10 * math.log10(0.01)), atol=1e-4, rtol=1e-5)
+
+
+def test_image_costs_refuse_non_images():
+    with pytest.raises(ValueError, match="needs images"):
+        SSIM((-1.0, 1.0)).pairwise(torch.zeros(3, 2), torch.zeros(3, 2))
+
+
+def test_ssim_on_2d_data_is_a_config_error_naming_the_key(config):
+    with pytest.raises(ConfigError, match=r"cost\.data_range=None .*works on image data only"):
+        build(config("cost=ssim"))
+
+
+def test_psnr_as_regression_cost_is_refused_with_the_way_out(config):
+    with pytest.raises(ConfigError, match=r"cost='psnr' .*cost@match_cost=psnr"):
+        build(config("data=clock", "network=conv28", "cost=psnr", "data.n_train=64"))
+
+
+def test_ssim_loss_with_psnr_matching_trains_on_images(config):
+    from ot_gen.train import run
+
+    cfg = config("data=clock", "network=conv28", "cost=ssim", "cost@match_cost=psnr", "data.n_train=256",
+                 "data.n_val=64", "val_samples=64", "mode.batch_size=32", "trainer.max_steps=4",
+                 "mode.val_every_rounds=2", "eval.n_generated=256", "eval.n_heldout=32", "callbacks=none")
+    module, _, _ = build(cfg)
+    assert module.cost.name == "ssim" and module.match_cost.name == "psnr"
+    assert math.isfinite(run(cfg))
