@@ -14,14 +14,18 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from ot_gen.costs import Cost
 from ot_gen.errors import ConfigError, OTGenError, check
+from ot_gen.matching import Matcher
 from ot_gen.metrics import unseen_sample_distances
+from ot_gen.modes import Oversampled
 from ot_gen.module import OTGenerator
 
 log = logging.getLogger(__name__)
@@ -48,15 +52,28 @@ def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def _instantiate_all(group: str, nodes: DictConfig | None) -> list[Any]:
+def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dict[str, Any]) -> list[Any]:
     """Instantiate every entry of a dict-of-configs group (callbacks, logger)."""
-    return [instantiate_group(f"{group}.{name}", node) for name, node in (nodes or {}).items()]
+    return [instantiate_group(f"{group}.{name}", node, **kwargs_by_name.get(name, {}))
+            for name, node in (nodes or {}).items()]
+
+
+def _resumed_wandb_run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """When resuming from a checkpoint written by a W&B run, continue that run."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or "wandb" not in (cfg.get("logger") or {}):
+        return {}
+    path = Path(ckpt)
+    check(path.is_file(), "ckpt_path", ckpt, "an existing checkpoint file")
+    run_id = torch.load(path, map_location="cpu", weights_only=False).get("wandb_run_id")
+    return {"wandb": {"id": run_id, "resume": "allow"}} if run_id else {}
 
 
 def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Trainer]:
     """Every object of a run, each value checked before any long work starts."""
     check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
           f"one of {', '.join(VAL_METRICS)}")
+    _check_sweep_direction(cfg)
     data = instantiate_group("data", cfg.data)
     mode = instantiate_group("mode", cfg.mode)
     used = data.set_reals_per_round(mode.reals_per_round)
@@ -66,8 +83,8 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     in_dim = cfg.network.get("in_dim", prior.dim)
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
     generator = instantiate_group("network", cfg.network, out_shape=data.data_shape)
-    cost = instantiate_group("cost", cfg.cost)
-    matcher = instantiate_group("matcher", cfg.matcher)
+    cost, match_cost = _costs(cfg)
+    matcher = _matcher(cfg, mode, data)
     optimizer = hydra.utils.instantiate(cfg.optimizer)
     try:
         optimizer(generator.parameters())  # torch checks lr, betas, ... here
@@ -75,13 +92,45 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
         raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     config = OmegaConf.to_container(cfg, resolve=True)
-    module = OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, config=config)
+    module = OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, config=config,
+                         match_cost=match_cost)
     callbacks = _instantiate_all("callbacks", cfg.get("callbacks"))
-    loggers = _instantiate_all("logger", cfg.get("logger"))
+    loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg))
     trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(config)
     return module, data, trainer
+
+
+def _check_sweep_direction(cfg: DictConfig) -> None:
+    """A sweeper that optimises (Optuna) must minimise: every val/* metric is a distance."""
+    if not HydraConfig.initialized():
+        return
+    direction = HydraConfig.get().sweeper.get("direction")
+    if direction is not None:
+        directions = list(direction) if OmegaConf.is_list(direction) else [direction]
+        check(all(str(d).lower() == "minimize" for d in directions), "hydra.sweeper.direction", direction,
+              f"minimize: optimized_metric={cfg.optimized_metric} is a distance")
+
+
+def _costs(cfg: DictConfig) -> tuple[Cost, Cost | None]:
+    cost = instantiate_group("cost", cfg.cost)
+    check(not cost.matches_only, "cost", cost.name,
+          f"a regression cost; {cost.name} only matches: cost@match_cost={cost.name} with cost=ssim or sqeuclidean")
+    match_cost = instantiate_group("match_cost", cfg.match_cost) if cfg.get("match_cost") else None
+    return cost, match_cost
+
+
+def _matcher(cfg: DictConfig, mode, data) -> Matcher:
+    """The matcher, given what it needs of the data (its shape, its size), after checking
+    that it makes sense in the chosen mode."""
+    target = hydra.utils.get_object(cfg.matcher._target_)
+    mode_name = "oversampled" if isinstance(mode, Oversampled) else "minibatch"
+    check(mode_name in target.modes, "matcher", target.name,
+          f"a matcher for mode={mode_name}; {target.name} runs in mode={' or mode='.join(target.modes)}")
+    known = {"data_shape": data.data_shape, "n_reals": len(data.train_set)}
+    params = inspect.signature(target).parameters
+    return instantiate_group("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})
 
 
 # -- one run ----------------------------------------------------------------------------
@@ -90,7 +139,9 @@ def run(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data, trainer = build(cfg)
     try:
+        fit_start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+        fit_s = time.perf_counter() - fit_start
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         _save_final_checkpoint(trainer)
         val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
@@ -100,6 +151,7 @@ def run(cfg: DictConfig) -> float:
             **_unseen_sample_metrics(cfg.eval, module, data),
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
+            "s_per_round": fit_s / max(int(module.rounds), 1),
             "wall_s": time.perf_counter() - start,
         }
         if trainer.is_global_zero:

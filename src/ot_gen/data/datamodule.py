@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
 from ot_gen.data import image_families, image_files, toy
@@ -70,15 +71,40 @@ class OTDataModule(L.LightningDataModule):
         return DataLoader(
             TensorDataset(self.train_set),
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffle(len(self.train_set), self.batch_size, self.seed, self._rounds_done),
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
         )
+
+    def _rounds_done(self) -> int:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return int(getattr(module, "rounds", 0))
 
     def val_dataloader(self) -> DataLoader:
         # One batch: the validation metrics compare whole samples, not batch averages.
-        return DataLoader(TensorDataset(self.val_set), batch_size=len(self.val_set))
+        return DataLoader(TensorDataset(self.val_set), batch_size=len(self.val_set),
+                          generator=torch.Generator().manual_seed(self.seed))
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order per pass over the data that depends only on (seed, pass index),
+    never on the global RNG. The pass index is counted from the training rounds done
+    (`rounds_done() // batches per pass`), not from Lightning's epoch counter, so a run
+    resumed from a checkpoint at the end of a pass sees the same data order as the
+    uninterrupted one."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rounds_done: Callable[[], int]):
+        self.n, self.seed, self.rounds_done = n, seed, rounds_done
+        self.batches = max(n // batch_size, 1)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds_done() // self.batches)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class ToyDataModule(OTDataModule):

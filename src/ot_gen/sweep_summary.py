@@ -1,0 +1,66 @@
+"""A Hydra callback that tabulates a multirun: one row per job, its overrides and final
+metrics, written as `summary.csv` and `summary.md` in the sweep directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("val/w2", "val/w2_ratio", "val/energy", "s_per_round", "train/solve_s", "train/dropped", "wall_s")
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job directory: its number, one column per override that differs
+    between jobs (the sweep's choices), and its metrics. A job that failed before writing
+    metrics.json gets status `failed` and empty metrics."""
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    choices = [_overrides(job) for job in jobs]
+    keys = list(dict.fromkeys(k for c in choices for k in c))
+    varying = [k for k in keys if len({c.get(k) for c in choices}) > 1]
+    rows = []
+    for job, chosen in zip(jobs, choices):
+        metrics_file = job / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        row = {"job": int(job.name), **{k: chosen.get(k, "") for k in varying}}
+        row["status"] = "ok" if metrics else "failed"
+        row.update({c: metrics.get(c, "") for c in COLUMNS})
+        rows.append(row)
+    return rows
+
+
+def _overrides(job: Path) -> dict[str, str]:
+    path = job / ".hydra" / "overrides.yaml"
+    items = OmegaConf.load(path) if path.exists() else []
+    return dict(str(item).split("=", 1) for item in items if "=" in str(item))
+
+
+def write(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    if not rows:
+        return
+    fields = list(rows[0])
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(fields) + " |", "|" + " --- |" * len(fields)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = collect(sweep_dir)
+        write(rows, sweep_dir)
+        log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "summary.md")

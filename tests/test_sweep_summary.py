@@ -1,0 +1,106 @@
+"""A real Hydra multirun through train.py writes one summary table of all its jobs."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from conftest import FAST, ROOT, python_env
+
+
+def test_multirun_over_matchers_writes_a_summary_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "matcher=exact,random,nearest", *FAST, "trainer.max_steps=60",
+           "mode.val_every_rounds=30", "eval.n_generated=1000", "callbacks=none", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [r["matcher"] for r in rows] == ["exact", "random", "nearest"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert "trainer.max_steps" not in rows[0], "overrides shared by every job are not columns"
+    w2 = {r["matcher"]: float(r["val/w2"]) for r in rows}
+    assert w2["exact"] < w2["random"], "OT matching beats the random control"
+    for r in rows:
+        assert float(r["s_per_round"]) > 0 and r["train/dropped"] != ""
+    md = (sweep / "summary.md").read_text().splitlines()
+    assert md[0].startswith("| job | matcher | status | val/w2") and len(md) == 5
+
+
+def test_a_failed_job_is_a_row_not_a_crash(tmp_path):
+    from ot_gen.sweep_summary import collect
+
+    for i, metrics in enumerate(['{"val/w2": 0.5}', None]):
+        job = tmp_path / str(i) / ".hydra"
+        job.mkdir(parents=True)
+        (job / "overrides.yaml").write_text(f"- seed={i}\n")
+        if metrics:
+            (tmp_path / str(i) / "metrics.json").write_text(metrics)
+    rows = collect(tmp_path)
+    assert [(r["seed"], r["status"], r["val/w2"]) for r in rows] == [("0", "ok", 0.5), ("1", "failed", "")]
+
+
+TINY = [*FAST, "trainer.max_steps=20", "mode.val_every_rounds=10", "eval.n_generated=500", "callbacks=none"]
+
+
+def sweep(tmp_path, *args):
+    cmd = [sys.executable, "train.py", *args, *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    return subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=400)
+
+
+def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
+    proc = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3", "mode.pool_size=100",
+                 "data.n_train=500")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from omegaconf import OmegaConf
+
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert set(best.best_params) == {"optimizer.lr", "mode.k", "prior.sigma", "prior.n_components"}
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert best.best_value == min(float(r["val/w2"]) for r in rows)
+
+
+def test_optuna_must_minimise_a_distance(tmp_path):
+    proc = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=maximize")
+    assert "ConfigError: hydra.sweeper.direction='maximize' is not allowed: minimize" in proc.stderr + proc.stdout
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    proc = sweep(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert [r["seed"] for r in rows] == ["0", "1"] and all(r["status"] == "ok" for r in rows)
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.timeout_min == 240 and launcher.gpus_per_node == 1
+
+
+def test_every_named_experiment_runs_in_fast_dev_mode(tmp_path):
+    """`experiment=glob(*)`: each one a real job of one training round (Lightning's
+    fast_dev_run), the image ones on the real data when it is on this machine."""
+    from test_images import HAS_SHARED, SHARED
+
+    experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    chosen = "glob(*)" if HAS_SHARED else "glob(*,exclude=[emgn*,otgan*])"
+    env = {**python_env(), "HOME": str(tmp_path)}  # decompressed image files go to a tmp cache
+    cmd = [sys.executable, "train.py", "-m", f"experiment={chosen}", "+trainer.fast_dev_run=1", "logger=none",
+           "trainer.enable_progress_bar=false", "eval.n_generated=500", "eval.n_heldout=100", "val_samples=200",
+           f"paths.data_dir={SHARED}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    ran = sorted(r["experiment"] for r in rows)
+    assert ran == (experiments if HAS_SHARED else [e for e in experiments if not e.startswith(("emgn", "otgan"))])
+    assert all(r["status"] == "ok" for r in rows), rows
