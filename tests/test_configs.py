@@ -31,17 +31,17 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
         return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
-                "data.n_train=500", "val_samples=100"]
+                "data.n_train=1000", "val_samples=100"]
     if option == "cifar10":
         write_cifar(tmp_path / "c10")
-        return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null"]
+        return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null", "mode.batch_size=8"]
     if option == "image_folder":
         write_folder(tmp_path / "imgs")
-        return [f"data.root={tmp_path}/imgs", "val_samples=2", "data.n_train=null"]
+        return [f"data.root={tmp_path}/imgs", "val_samples=2", "data.n_train=null", "mode.batch_size=4"]
     if option == "conv28":
         return ["data=clock"]
     if option in ("ssim", "psnr"):
-        return ["data=clock", "network=conv28", "data.n_train=64", "val_samples=16"]
+        return ["data=clock", "network=conv28", "data.n_train=64", "val_samples=16", "mode.batch_size=16"]
     if option == "semidiscrete":
         return ["mode=oversampled"]
     if option == "deconv32":
@@ -87,6 +87,19 @@ def test_the_default_config_is_the_documented_one(config):
         ("matcher.num_itermax=0", "matcher.num_itermax=0 is not allowed"),
         ("optimizer.lr=-0.1", "optimizer="),
         ("optimized_metric=val/w3", "optimized_metric='val/w3' is not allowed: one of val/w2"),
+        ("mode=oversampled mode.k=ten", "mode.k='ten' is not allowed: an integer >= 1"),
+        ("mode=oversampled mode.pool_size=5000", "mode.pool_size=5000 is not allowed: at most the 2000 training"),
+        ("mode.batch_size=2001", "mode.batch_size=2001 is not allowed: at most the 2000 training points"),
+        ("mode=oversampled mode.k_schedule=linear", "mode.k_schedule='linear' is not allowed: one of constant, sqrt"),
+        ("prior=gmm prior.n_components=0", "prior.n_components=0 is not allowed"),
+        ("prior=gmm prior.sigma=-1", "prior.sigma=-1 is not allowed"),
+        ("matcher=sinkhorn matcher.reg=0", "matcher.reg=0 is not allowed: a number > 0"),
+        ("matcher=nearest matcher.direction=both", "matcher.direction='both' is not allowed: one of real_to_generated"),
+        ("matcher=semidiscrete", "matcher='semidiscrete' is not allowed: a matcher for mode=minibatch"),
+        ("matcher=critic matcher.network=conv", "matcher.network='conv' is not allowed: mlp (conv needs image data)"),
+        ("cost=ssim", "cost.data_range=None is not allowed: the data's value range"),
+        ("data.name=moon", "data.name='moon' is not allowed: one of"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt' is not allowed: an existing checkpoint file"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(config, override, message):
@@ -94,6 +107,14 @@ def test_bad_values_name_key_value_and_what_is_allowed(config, override, message
     with pytest.raises(ConfigError) as err:
         build(cfg)
     assert message in str(err.value)
+
+
+def test_an_image_folder_without_images_is_an_error_naming_it(config, tmp_path):
+    from ot_gen.data.image_files import DataFileError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataFileError, match=f"no image files .* under data.root={tmp_path / 'empty'}"):
+        build(config("data=image_folder", f"data.root={tmp_path / 'empty'}"))
 
 
 def test_unknown_option_lists_the_available_ones(config):

@@ -14,13 +14,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ot_gen import checkpoints
 from ot_gen.costs import Cost
 from ot_gen.errors import ConfigError, OTGenError, check
 from ot_gen.matching import Matcher
@@ -63,9 +63,7 @@ def _resumed_wandb_run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     ckpt = cfg.get("ckpt_path")
     if not ckpt or "wandb" not in (cfg.get("logger") or {}):
         return {}
-    path = Path(ckpt)
-    check(path.is_file(), "ckpt_path", ckpt, "an existing checkpoint file")
-    run_id = torch.load(path, map_location="cpu", weights_only=False).get("wandb_run_id")
+    run_id = checkpoints.load(ckpt).get("wandb_run_id")
     return {"wandb": {"id": run_id, "resume": "allow"}} if run_id else {}
 
 
@@ -74,11 +72,16 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
           f"one of {', '.join(VAL_METRICS)}")
     _check_sweep_direction(cfg)
+    with open_dict(cfg):  # `last` -> the newest last.ckpt of this task; a bad file fails now
+        cfg.ckpt_path = checkpoints.resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir).parent)
     data = instantiate_group("data", cfg.data)
     mode = instantiate_group("mode", cfg.mode)
-    used = data.set_reals_per_round(mode.reals_per_round)
-    if used < mode.reals_per_round:
-        log.info("reals per round capped at the training set size: %d", used)
+    data.setup()
+    n_train = len(data.train_set)
+    key = "mode.pool_size" if isinstance(mode, Oversampled) else "mode.batch_size"
+    check(mode.reals_per_round <= n_train, key, mode.reals_per_round,
+          f"at most the {n_train} training points of data={cfg.data.get('name', cfg.data.get('source'))}")
+    data.set_reals_per_round(mode.reals_per_round)
     prior = instantiate_group("prior", cfg.prior)
     in_dim = cfg.network.get("in_dim", prior.dim)
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")

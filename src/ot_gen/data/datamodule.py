@@ -71,12 +71,17 @@ class OTDataModule(L.LightningDataModule):
         return DataLoader(
             TensorDataset(self.train_set),
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(self.train_set), self.batch_size, self.seed, self._rounds_done),
+            # Under DDP one round takes batch_size reals on each of the W ranks.
+            sampler=EpochShuffle(len(self.train_set), self.batch_size * self._world_size(), self.seed,
+                                 self._rounds_done),
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
         )
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
 
     def _rounds_done(self) -> int:
         module = self.trainer.lightning_module if self.trainer is not None else None
@@ -90,18 +95,20 @@ class OTDataModule(L.LightningDataModule):
 
 class EpochShuffle(Sampler[int]):
     """A random order per pass over the data that depends only on (seed, pass index),
-    never on the global RNG. The pass index is counted from the training rounds done
-    (`rounds_done() // batches per pass`), not from Lightning's epoch counter, so a run
-    resumed from a checkpoint at the end of a pass sees the same data order as the
-    uninterrupted one."""
+    never on the global RNG. The pass and the position in it are counted from the
+    training rounds done (`rounds_done()`), not from Lightning's epoch counter: a run
+    resumed from a checkpoint taken mid-pass yields only the rest of that pass, in the
+    same order, so it sees exactly the data the uninterrupted run would have seen."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rounds_done: Callable[[], int]):
-        self.n, self.seed, self.rounds_done = n, seed, rounds_done
-        self.batches = max(n // batch_size, 1)
+    def __init__(self, n: int, reals_per_round: int, seed: int, rounds_done: Callable[[], int]):
+        self.n, self.batch_size, self.seed, self.rounds_done = n, reals_per_round, seed, rounds_done
+        self.batches = max(n // reals_per_round, 1)
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rounds_done() // self.batches)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        done = self.rounds_done()
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + done // self.batches)
+        order = torch.randperm(self.n, generator=gen)
+        return iter(order[(done % self.batches) * self.batch_size :].tolist())
 
     def __len__(self) -> int:
         return self.n

@@ -1,0 +1,91 @@
+"""Checkpoints that survive faults: atomic writes, a save on SIGTERM/Ctrl-C, clear errors
+for a corrupt file, and `ckpt_path=last` to resume the newest run of a task."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ot_gen.errors import ConfigError, OTGenError
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(OTGenError):
+    """A checkpoint file that cannot be read."""
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """torch.load with an error that names the file when it is truncated or corrupt."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises many kinds for a damaged zip/pickle
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to `<name>.tmp`, flushes it to disk, then renames it over
+    the target: a crash while saving leaves the previous checkpoint intact, never a torn
+    one. Loading names the file when it is damaged."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+class SaveOnInterrupt(L.Callback):
+    """SIGTERM (a cluster pre-empting the job) or Ctrl-C: save `last.ckpt` (atomically)
+    before Lightning stops, and say how to resume. Lightning finishes the current batch
+    first on SIGTERM, so the state saved is consistent."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.global_step == 0:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:
+            log.warning("%s at step %d: saved %s; resume with ckpt_path=%s",
+                        type(exception).__name__, trainer.global_step, path, path)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> str | None:
+    """`last`: the newest `checkpoints/last.ckpt` under the task's runs dir. A path: must
+    exist and be readable. Checked before any long work starts."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        found = sorted(runs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError("ckpt_path", "last", f"a run with checkpoints/last.ckpt under {runs_dir}; none found")
+        ckpt_path = str(found[-1])
+        log.info("ckpt_path=last: resuming from %s", ckpt_path)
+    if not Path(ckpt_path).is_file():
+        raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or last")
+    load(ckpt_path)  # a damaged file is an error now, not after the data is loaded
+    return ckpt_path

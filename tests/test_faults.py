@@ -1,0 +1,135 @@
+"""Faults lose nothing: SIGTERM and SIGKILL sent to a real training process, then resumed;
+torn and corrupt checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, python_env
+from ot_gen.checkpoints import AtomicCheckpointIO, CheckpointError, load
+
+LONG = [*FAST, "trainer.max_steps=200", "mode.val_every_rounds=10", "eval.n_generated=1000", "logger=wandb",
+        "callbacks.point_cloud_plots.n_points=100"]
+
+
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, "train.py", *LONG, *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+def finish(run_dir: Path, *overrides: str) -> dict:
+    proc = start(run_dir, *overrides)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.timeout(400)
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_the_same_wandb_run(tmp_path):
+    runs = tmp_path / "runs"
+    proc = start(runs / "a")
+    wait_for_checkpoint(proc, runs / "a" / "checkpoints" / "last.ckpt")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resume with ckpt_path=" in out
+    saved = load(runs / "a" / "checkpoints" / "last.ckpt")
+    stopped_at = saved["global_step"]
+    assert 10 <= stopped_at < 200
+    metrics = finish(runs / "b", "ckpt_path=last")  # the newest last.ckpt under runs/
+    assert metrics["steps"] == 200
+    (first,) = (runs / "a" / "wandb").glob("offline-run-*")
+    (second,) = (runs / "b" / "wandb").glob("offline-run-*")
+    assert first.name.split("-")[-1] == second.name.split("-")[-1] == saved["wandb_run_id"]
+
+
+@pytest.mark.timeout(400)
+def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(tmp_path):
+    straight = finish(tmp_path / "straight")
+    proc = start(tmp_path / "killed")
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    wait_for_checkpoint(proc, ckpt)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    saved = load(ckpt)  # whatever the moment of the kill, last.ckpt is whole
+    assert 10 <= saved["global_step"] < 200
+    resumed = finish(tmp_path / "resumed", f"ckpt_path={ckpt}")
+    for key in ("val/w2", "val/energy", "train/matched_cost", "train/loss", "eval/nn_generated_mean", "steps"):
+        assert resumed[key] == straight[key], key
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert load(path)["global_step"] == 1
+
+
+def test_a_truncated_checkpoint_is_an_error_naming_the_file(tmp_path, config):
+    from ot_gen.train import build
+
+    good = tmp_path / "good.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1, "w": torch.ones(1000)}, good)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is truncated or corrupt"):
+        build(config(f"ckpt_path={bad}"))
+
+
+def test_ckpt_path_last_without_any_run_is_a_config_error(config):
+    from ot_gen.errors import ConfigError
+    from ot_gen.train import build
+
+    with pytest.raises(ConfigError, match="ckpt_path='last' is not allowed: a run with checkpoints/last.ckpt"):
+        build(config("ckpt_path=last"))
+
+
+def test_nan_mid_run_stops_with_the_step_and_keeps_the_last_good_checkpoint(config):
+    import lightning as L
+
+    from ot_gen.errors import NonFiniteError
+    from ot_gen.train import build
+
+    class Poison(L.Callback):  # a weight turns NaN after the checkpoint of step 10
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 15:
+                with torch.no_grad():
+                    next(module.generator.parameters()).view(-1)[0] = float("nan")
+
+    cfg = config("trainer.max_steps=40", "mode.val_every_rounds=10", "eval.n_generated=0")
+    module, data, trainer = build(cfg)
+    trainer.callbacks.append(Poison())
+    with pytest.raises(NonFiniteError, match="generated points became NaN/Inf at step 15"):
+        trainer.fit(module, datamodule=data)
+    saved = load(ROOT / cfg.paths.output_dir / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 10
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
