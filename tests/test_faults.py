@@ -24,7 +24,7 @@ LONG = [*FAST, "trainer.max_steps=200", "mode.val_every_rounds=10", "eval.n_gene
 def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     cmd = [sys.executable, "train.py", *LONG, *overrides, f"hydra.run.dir={run_dir}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=True)  # its own process group, as a batch job
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:
@@ -68,7 +68,7 @@ def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(tmp_path):
     ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     wait_for_checkpoint(proc, ckpt)
     time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its children (the W&B service), as a scheduler does
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     saved = load(ckpt)  # whatever the moment of the kill, last.ckpt is whole

@@ -64,7 +64,7 @@ def test_ssim_on_2d_data_is_a_config_error_naming_the_key(config):
 
 def test_psnr_as_regression_cost_is_refused_with_the_way_out(config):
     with pytest.raises(ConfigError, match=r"cost='psnr' .*cost@match_cost=psnr"):
-        build(config("data=clock", "network=conv28", "cost=psnr", "data.n_train=64"))
+        build(config("data=clock", "network=conv28", "cost=psnr", "data.n_train=64", "mode.batch_size=16"))
 
 
 def test_ssim_loss_with_psnr_matching_trains_on_images(config):

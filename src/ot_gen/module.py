@@ -181,6 +181,10 @@ class OTGenerator(L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ot_gen_config"] = self.config
+        dm = self.trainer.datamodule
+        if dm is not None:  # what `python -m ot_gen.sample` needs to rebuild the generator
+            value_range = None if dm.value_range is None else [float(v) for v in dm.value_range]
+            checkpoint["ot_gen_data"] = {"shape": list(dm.data_shape), "value_range": value_range}
         # Global RNG streams (prior samples, shuffling, random matcher), so a resumed run
         # draws what the uninterrupted run would have drawn.
         checkpoint["rng_states"] = {

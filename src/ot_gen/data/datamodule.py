@@ -1,7 +1,7 @@
 """The LightningDataModule: a training set, a held-out set, and reals per round.
 
 One round of training takes `batch_size` reals: the minibatch size in the minibatch mode,
-the pool size in the oversampled mode (the whole training set when it is smaller).
+the pool size in the oversampled mode (`train.build` refuses more than the training set).
 `train.run` sets it from the mode, so the data config never repeats it.
 """
 
