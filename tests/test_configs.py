@@ -96,6 +96,7 @@ def test_the_default_config_is_the_documented_one(config):
         ("matcher=sinkhorn matcher.reg=0", "matcher.reg=0 is not allowed: a number > 0"),
         ("matcher=nearest matcher.direction=both", "matcher.direction='both' is not allowed: one of real_to_generated"),
         ("matcher=semidiscrete", "matcher='semidiscrete' is not allowed: a matcher for mode=minibatch"),
+        ("matcher=critic trainer=ddp trainer.accelerator=cpu", "matcher='critic' is not allowed: a matcher without"),
         ("matcher=critic matcher.network=conv", "matcher.network='conv' is not allowed: mlp (conv needs image data)"),
         ("cost=ssim", "cost.data_range=None is not allowed: the data's value range"),
         ("data.name=moon", "data.name='moon' is not allowed: one of"),

@@ -131,6 +131,9 @@ def _matcher(cfg: DictConfig, mode, data) -> Matcher:
     mode_name = "oversampled" if isinstance(mode, Oversampled) else "minibatch"
     check(mode_name in target.modes, "matcher", target.name,
           f"a matcher for mode={mode_name}; {target.name} runs in mode={' or mode='.join(target.modes)}")
+    ddp = str(cfg.trainer.get("strategy", "auto")).startswith("ddp")
+    check(not (ddp and target.name == "critic"), "matcher", target.name,
+          "a matcher without its own network under trainer=ddp (the critic trains outside DDP's forward)")
     known = {"data_shape": data.data_shape, "n_reals": len(data.train_set)}
     params = inspect.signature(target).parameters
     return instantiate_group("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})
