@@ -118,3 +118,13 @@ def test_energy_distance_matches_brute_force():
     xx = np.mean([np.linalg.norm(a - b) for i, a in enumerate(x.numpy()) for j, b in enumerate(x.numpy()) if i != j])
     yy = np.mean([np.linalg.norm(a - b) for i, a in enumerate(y.numpy()) for j, b in enumerate(y.numpy()) if i != j])
     assert energy_distance(x, y) == pytest.approx(2 * xy - xx - yy, rel=1e-6)
+
+
+def test_sliced_w2_is_zero_for_identical_sets_and_the_shift_over_sqrt_d_for_a_shift():
+    from ot_gen.metrics import sliced_w2
+
+    x = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert sliced_w2(x, x) == pytest.approx(0.0, abs=1e-12)
+    shift = torch.tensor([3.0, 0.0, 4.0, 0.0], dtype=torch.float64)  # |s| = 5, d = 4
+    assert sliced_w2(x, x + shift, n_projections=4000) == pytest.approx(5 / 2, rel=0.05)
+    assert sliced_w2(x, x + shift) == sliced_w2(x, x + shift), "fixed directions: reproducible"

@@ -20,7 +20,7 @@ from torch import nn
 from ot_gen.costs import Cost
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import Matcher, Matching
-from ot_gen.metrics import energy_distance, w2
+from ot_gen.metrics import energy_distance, sliced_w2, w2
 from ot_gen.modes import Minibatch, Oversampled
 from ot_gen.priors import Prior
 
@@ -165,6 +165,7 @@ class OTGenerator(L.LightningModule):
                 "val/w2_floor": self.w2_floor,
                 "val/w2_ratio": dist / max(self.w2_floor, 1e-12),
                 "val/energy": energy_distance(x, y),
+                "val/sliced_w2": sliced_w2(x, y),
             },
             prog_bar=True,
             batch_size=len(y),

@@ -30,7 +30,7 @@ from ot_gen.module import OTGenerator
 
 log = logging.getLogger(__name__)
 
-VAL_METRICS = ("val/w2", "val/w2_ratio", "val/energy")
+VAL_METRICS = ("val/w2", "val/w2_ratio", "val/energy", "val/sliced_w2")
 
 
 # -- building objects from config groups, with errors that name the key ---------------------
