@@ -62,6 +62,11 @@ def config(tmp_path):
 
 
 def python_env() -> dict[str, str]:
+    """The environment for a train.py subprocess: like a user's shell. In particular not
+    WANDB_SERVICE, which W&B sets in this process once a test ran it in-process: a child
+    would share this process's W&B service, which outlives a killed child and keeps its
+    run id busy."""
     env = dict(os.environ)
     env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_SERVICE", None)
     return env
