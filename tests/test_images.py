@@ -212,3 +212,15 @@ def test_reference_experiments_run_at_smoke_size(config, experiment, tmp_path):
     step = metrics["steps"]
     for kind in ("samples", "pairs"):
         assert (out / "plots" / f"{kind}_step{step:07d}.png").is_file()
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "gmm"])
+def test_latent_traversal_pictures_are_saved(config, prior):
+    cfg = config("data=clock", "network=conv28", f"prior={prior}", "prior.dim=3", "data.n_train=256",
+                 "data.n_val=64", "val_samples=64", "mode.batch_size=32", "trainer.max_steps=4",
+                 "mode.val_every_rounds=4", "eval.n_generated=0")
+    run(cfg)
+    plots = ROOT / cfg.paths.output_dir / "plots"
+    names = {p.name.rsplit("_step", 1)[0] for p in plots.glob("*.png")}
+    assert {"plane_0_1", "plane_1_2", "plane_0_2", "interpolation"} <= names
+    assert ("centre_noise" in names) == (prior == "gmm")

@@ -114,3 +114,61 @@ class ImageGrids(L.Callback):
         rows = torch.cat([real, fake])
         grid = make_grid(dm.to_unit(rows).clamp(0, 1).cpu(), nrow=len(real), pad_value=1.0)
         log_picture(trainer.loggers, out_dir, "images/pairs", grid, step)
+
+
+class LatentTraversals(L.Callback):
+    """After each validation, for image data, what the generator does to its input space
+    (pictures drawn from a fixed generator, so they never touch the training RNG):
+
+    - `latent/plane_i_j`: the generator on a regular `n_grid`×`n_grid` grid over latent
+      dimensions (i, j) ∈ {(0, 1), (1, 2), (0, 2)}, ±`span` times the prior's spread (std,
+      or for a GMM the std of its centres and noise together) around the prior's centre
+      (its first component for a GMM), the other dimensions fixed there — the
+      Earth-moving net's "fixed input plane" pictures;
+    - `latent/interpolation`: `n_paths` straight lines between latent points, `n_steps`
+      images each;
+    - `latent/centre_noise` (GMM prior): samples around one component centre at noise
+      0, 0.5, 1, 2 and 4 × sigma, one row each.
+    """
+
+    NOISE = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+    def __init__(self, n_grid: int = 8, span: float = 2.0, n_paths: int = 6, n_steps: int = 8, seed: int = 0):
+        self.n_grid = check_positive_int("n_grid", n_grid, minimum=2)
+        self.span = float(span)
+        self.n_paths = check_positive_int("n_paths", n_paths)
+        self.n_steps = check_positive_int("n_steps", n_steps, minimum=2)
+        self.seed = int(seed)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if not _draws_now(trainer) or dm.val_set.dim() != 4:
+            return
+        prior, device = pl_module.prior, pl_module.device
+        gmm = hasattr(prior, "centres")
+        scale = prior.sigma if gmm else getattr(prior, "std", 1.0)
+        centre = prior.centres[0].to(device) if gmm else torch.zeros(prior.dim, device=device)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        noise = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
+        show = lambda z, nrow: make_grid(  # noqa: E731
+            dm.to_unit(pl_module.generator(z)).clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
+        out_dir, step = Path(trainer.default_root_dir), trainer.global_step
+        # The plane spans the prior's overall spread (for a GMM: its centres' spread too).
+        spread = float((prior.centres.var(0).mean() + scale**2).sqrt()) if gmm else scale
+        values = torch.linspace(-self.span * spread, self.span * spread, self.n_grid, device=device)
+        for i, j in ((0, 1), (1, 2), (0, 2)):
+            if j >= prior.dim:
+                continue
+            z = centre.repeat(self.n_grid**2, 1)
+            z[:, i] += values.repeat_interleave(self.n_grid)
+            z[:, j] += values.repeat(self.n_grid)
+            log_picture(trainer.loggers, out_dir, f"latent/plane_{i}_{j}", show(z, self.n_grid), step)
+        ends = centre + scale * noise(2, self.n_paths, prior.dim)
+        if gmm:  # paths between different components
+            ends = ends - centre + prior.centres[torch.randint(len(prior.centres), (2, self.n_paths), generator=gen)].to(device)
+        t = torch.linspace(0, 1, self.n_steps, device=device)[None, :, None]
+        z = (ends[0][:, None] * (1 - t) + ends[1][:, None] * t).reshape(-1, prior.dim)
+        log_picture(trainer.loggers, out_dir, "latent/interpolation", show(z, self.n_steps), step)
+        if gmm:
+            z = torch.cat([centre + level * scale * noise(self.n_steps, prior.dim) for level in self.NOISE])
+            log_picture(trainer.loggers, out_dir, "latent/centre_noise", show(z, self.n_steps), step)
