@@ -22,10 +22,10 @@ class CheckpointError(OTGenError):
     """A checkpoint file that cannot be read."""
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """torch.load with an error that names the file when it is truncated or corrupt."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError:
         raise
     except Exception as e:  # torch raises many kinds for a damaged zip/pickle
@@ -48,12 +48,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
-        try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=False)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+        return load(path, map_location)
+
+
+def save_last(trainer: L.Trainer) -> Path | None:
+    """Write the full state (optimizer, loops, RNG: a resume continues exactly) to the
+    ModelCheckpoint's `last.ckpt`, through the trainer's (atomic) CheckpointIO. Returns
+    the path, or None when there is no checkpoint folder or nothing trained yet."""
+    cb = trainer.checkpoint_callback
+    if cb is None or not cb.dirpath or trainer.global_step == 0:
+        return None
+    path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    trainer.save_checkpoint(path, weights_only=False)
+    return path
 
 
 class SaveOnInterrupt(L.Callback):
@@ -61,24 +68,21 @@ class SaveOnInterrupt(L.Callback):
     before Lightning stops, and say how to resume. Lightning finishes the current batch
     first on SIGTERM, so the state saved is consistent."""
 
-    def __init__(self, dirpath: str):
-        self.dirpath = Path(dirpath)
-
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.global_step == 0:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             return
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path, weights_only=False)
-        if trainer.is_global_zero:
+        path = save_last(trainer)
+        if path is not None and trainer.is_global_zero:
             log.warning("%s at step %d: saved %s; resume with ckpt_path=%s",
                         type(exception).__name__, trainer.global_step, path, path)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     """`last`: the newest `checkpoints/last.ckpt` under the task's runs dir. A path: must
-    exist and be readable. Checked before any long work starts."""
+    exist and be readable. Checked before any long work starts; returns the path and the
+    loaded checkpoint (None, None without one)."""
     if not ckpt_path:
-        return None
+        return None, None
     if ckpt_path == "last":
         found = sorted(runs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -87,5 +91,4 @@ def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> str | None:
         log.info("ckpt_path=last: resuming from %s", ckpt_path)
     if not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or last")
-    load(ckpt_path)  # a damaged file is an error now, not after the data is loaded
-    return ckpt_path
+    return ckpt_path, load(ckpt_path)  # a damaged file is an error now, not after the data is loaded

@@ -58,12 +58,11 @@ def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dic
             for name, node in (nodes or {}).items()]
 
 
-def _resumed_wandb_run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+def _resumed_wandb_run(cfg: DictConfig, ckpt: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """When resuming from a checkpoint written by a W&B run, continue that run."""
-    ckpt = cfg.get("ckpt_path")
-    if not ckpt or "wandb" not in (cfg.get("logger") or {}):
+    if ckpt is None or "wandb" not in (cfg.get("logger") or {}):
         return {}
-    run_id = checkpoints.load(ckpt).get("wandb_run_id")
+    run_id = ckpt.get("wandb_run_id")
     return {"wandb": {"id": run_id, "resume": "allow"}} if run_id else {}
 
 
@@ -72,8 +71,10 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
           f"one of {', '.join(VAL_METRICS)}")
     _check_sweep_direction(cfg)
-    with open_dict(cfg):  # `last` -> the newest last.ckpt of this task; a bad file fails now
-        cfg.ckpt_path = checkpoints.resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir).parent)
+    # `last` -> the newest last.ckpt of this task; a bad file fails now
+    ckpt_path, ckpt = checkpoints.resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir).parent)
+    with open_dict(cfg):
+        cfg.ckpt_path = ckpt_path
     data = instantiate_group("data", cfg.data)
     mode = instantiate_group("mode", cfg.mode)
     data.setup()
@@ -98,7 +99,7 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     module = OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, config=config,
                          match_cost=match_cost)
     callbacks = _instantiate_all("callbacks", cfg.get("callbacks"))
-    loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg))
+    loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg, ckpt))
     trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(config)
@@ -149,7 +150,7 @@ def run(cfg: DictConfig) -> float:
         trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
         fit_s = time.perf_counter() - fit_start
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        _save_final_checkpoint(trainer)
+        checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
         val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
         metrics = {
             **train_metrics,
@@ -175,14 +176,6 @@ def _unseen_sample_metrics(cfg: DictConfig, module: OTGenerator, data) -> dict[s
     train = data.to_unit(data.train_set.to(module.device))
     sample = lambda n: data.to_unit(module.sample(n))  # noqa: E731
     return unseen_sample_distances(heldout, train, sample, cfg.n_generated, cfg.chunk)
-
-
-def _save_final_checkpoint(trainer: L.Trainer) -> None:
-    """ModelCheckpoint saves at each validation; make `last.ckpt` the final state."""
-    cb = trainer.checkpoint_callback
-    if cb is not None and cb.dirpath and trainer.global_step > 0:
-        last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-        trainer.save_checkpoint(last, weights_only=False)  # full state, so a resume continues exactly
 
 
 def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> None:

@@ -14,16 +14,8 @@ import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ot_gen.costs import Cost
 from ot_gen.errors import SolverError, check_positive_int
-from ot_gen.matching.base import Matcher, check_finite_matrix
-
-
-def cost_matrix(matcher: str, x, y, cost: Cost) -> torch.Tensor:
-    """The (m, n) float64 cost matrix, checked finite (a cost can overflow on finite points)."""
-    C = cost.pairwise(x.double(), y.double())
-    check_finite_matrix(matcher, "the cost matrix", C)
-    return C
+from ot_gen.matching.base import Matcher
 
 
 def integer_marginals(C: torch.Tensor, each_real: int):
@@ -64,7 +56,7 @@ class ExactMatcher(Matcher):
 
     def _pair(self, x, y, cost, each_real):
         n = len(y)
-        a, b, C = (t.cpu().numpy() for t in integer_marginals(cost_matrix(self.name, x, y, cost), each_real))
+        a, b, C = (t.cpu().numpy() for t in integer_marginals(self.cost_matrix(x.double(), y.double(), cost), each_real))
         # POT's network simplex reports negative costs (e.g. -PSNR) as infeasible; a constant
         # shift of every entry leaves the optimal plan unchanged (the total mass is fixed).
         C = C - min(C.min(), 0.0)
@@ -92,7 +84,7 @@ class HungarianMatcher(Matcher):
     name = "hungarian"
 
     def _pair(self, x, y, cost, each_real):
-        C = cost_matrix(self.name, x, y, cost).cpu().numpy()
+        C = self.cost_matrix(x.double(), y.double(), cost).cpu().numpy()
         if each_real > 1:
             C = np.repeat(C, each_real, axis=1)
         rows, cols = linear_sum_assignment(C)

@@ -49,13 +49,8 @@ def identity_pairs(m: int, n: int, each_real: int, device=None) -> tuple[torch.T
     It is a feasible assignment of the same problem, so an optimal matcher's cost is
     never above its cost; logged next to the matched cost as the "unmatched" baseline.
     """
-    gen = torch.arange(min(m, each_real * n), device=device)
+    gen = torch.arange(each_real * n, device=device)
     return gen, gen % n
-
-
-def check_finite_matrix(matcher: str, what: str, t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        raise NonFiniteError(f"matcher {matcher}: {what} contains NaN or Inf")
 
 
 class Matcher(nn.Module):
@@ -80,11 +75,10 @@ class Matcher(nn.Module):
         for what, t in (("generated points", x), ("real points", y)):
             if not torch.isfinite(t).all():
                 raise NonFiniteError(f"matcher {self.name}: {what} contain NaN or Inf")
-        start = time.perf_counter()
         with torch.no_grad():
+            start = time.perf_counter()
             gen_idx, real_idx, extra = self._split_stats(self._pair(x.detach(), y.detach(), cost, each_real))
-        solve_s = time.perf_counter() - start
-        with torch.no_grad():
+            solve_s = time.perf_counter() - start
             stats = self._diagnostics(x, y, cost, each_real, gen_idx, real_idx)
         stats.update(extra, solve_s=solve_s)
         return Matching(gen_idx, real_idx, stats)
@@ -92,6 +86,13 @@ class Matcher(nn.Module):
     def _pair(self, x, y, cost: Cost, each_real: int):
         """Return (gen_idx, real_idx) or (gen_idx, real_idx, extra_stats)."""
         raise NotImplementedError
+
+    def cost_matrix(self, x: torch.Tensor, y: torch.Tensor, cost: Cost) -> torch.Tensor:
+        """`cost.pairwise(x, y)`, checked finite: a cost can overflow on finite points."""
+        C = cost.pairwise(x, y)
+        if not torch.isfinite(C).all():
+            raise NonFiniteError(f"matcher {self.name}: the cost matrix contains NaN or Inf")
+        return C
 
     def attach_data(self, reals: torch.Tensor) -> None:
         """Called once before training with the whole training set (full_data matchers)."""

@@ -9,7 +9,7 @@ import ot
 import torch
 
 from ot_gen.errors import SolverError, check_choice, check_positive, check_positive_int
-from ot_gen.matching.assignment import cost_matrix, integer_marginals
+from ot_gen.matching.assignment import integer_marginals
 from ot_gen.matching.base import Matcher
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class SinkhornMatcher(Matcher):
 
     def _pair(self, x, y, cost, each_real):
         n = len(y)
-        a, b, C = integer_marginals(cost_matrix(self.name, x, y, cost), each_real)
+        a, b, C = integer_marginals(self.cost_matrix(x.double(), y.double(), cost), each_real)
         capacity = b.round().long()
         total = a.sum()
         with warnings.catch_warnings(record=True) as caught:

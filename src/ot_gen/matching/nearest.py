@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ot_gen.errors import check_choice, check_positive_int
-from ot_gen.matching.base import Matcher, check_finite_matrix
+from ot_gen.matching.base import Matcher
 
 DIRECTIONS = ["real_to_generated", "generated_to_real"]
 
@@ -39,9 +39,7 @@ class NearestMatcher(Matcher):
         return gen.reshape(-1), real
 
     def _nearest(self, rows, points, cost, k):
-        C = cost.pairwise(rows, points)
-        check_finite_matrix(self.name, "the cost matrix", C)
-        return C.topk(k, dim=1, largest=False).indices
+        return self.cost_matrix(rows, points, cost).topk(k, dim=1, largest=False).indices
 
     def extra_repr(self) -> str:
         return f"{self.name}, direction={self.direction}"

@@ -4,8 +4,8 @@ lowered on those that receive too many (stochastic ascent on the semi-dual of OT
 that every real receives its share.
 
 - `semidiscrete` (Chen et al., ICML 2019, explicit Wasserstein minimisation): ψ is a
-  vector over the WHOLE training set, kept across rounds (it is a buffer, so it is in the
-  checkpoint). This is how the oversampled mode scales to a full 60,000-image data set:
+  vector over the WHOLE training set, kept across rounds (a module parameter, so it is
+  in the checkpoint with its Adam state). This is how the oversampled mode scales to a full 60,000-image data set:
   no assignment over the set is ever solved, only argmins.
 - `critic` (the OT-GAN paper): ψ_θ(y) is a small network over the round's pool of reals,
   trained for `critic_steps` Adam steps per round.
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ot_gen.errors import check, check_choice, check_positive, check_positive_int
-from ot_gen.matching.base import Matcher, check_finite_matrix
+from ot_gen.matching.base import Matcher
 
 
 def balance_excess(counts: torch.Tensor, m: int) -> float:
@@ -32,13 +32,6 @@ def balance_excess(counts: torch.Tensor, m: int) -> float:
     tv = 0.5 * (counts.double().cpu() / m - 1 / n).abs().sum()
     floor = 0.5 * (best / m - 1 / n).abs().sum()
     return float(tv - floor)
-
-
-def assign(x, y, psi, cost, chunk: int, cached: torch.Tensor | None = None):
-    """argmin_j c(x_i, y_j) − ψ_j for every row i, `chunk` rows at a time (or on `cached`)."""
-    if cached is not None:
-        return (cached - psi).argmin(1)
-    return torch.cat([(cost.pairwise(rows, y) - psi).argmin(1) for rows in x.split(chunk)])
 
 
 class _OwnOptimizer(Matcher):
@@ -97,18 +90,16 @@ class SemiDiscreteMatcher(_OwnOptimizer):
         m, n = len(x), len(y)
         if n != len(self.psi):
             raise ValueError(f"matcher semidiscrete: holds a potential for {len(self.psi)} reals, given {n}")
-        cached = cost.pairwise(x, y) if m * n <= self.cache_entries else None
-        if cached is not None:
-            check_finite_matrix(self.name, "the cost matrix", cached)
+        cached = self.cost_matrix(x, y, cost) if m * n <= self.cache_entries else None
         iters = 0
         while True:
-            idx = assign(x, y, self.psi.to(x.dtype), cost, self.chunk, cached)
+            idx = self._assign(x, y, self.psi.to(x.dtype), cost, cached)
             counts = torch.bincount(idx, minlength=n)
             excess = balance_excess(counts, m)
             if excess <= self.tol or iters >= self.max_iters or not self.training:
                 break
             if self.scale == 0:
-                nearest = assign(x, y, torch.zeros_like(self.psi, dtype=x.dtype), cost, self.chunk, cached)
+                nearest = self._assign(x, y, torch.zeros_like(self.psi, dtype=x.dtype), cost, cached)
                 self.scale.fill_(cost.paired(x, y[nearest]).mean().clamp_min(1e-12).item())
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr * float(self.scale)
@@ -116,6 +107,12 @@ class SemiDiscreteMatcher(_OwnOptimizer):
             self.optimizer.step()
             iters += 1
         return torch.arange(m, device=x.device), idx, {"balance": excess, "potential_iters": float(iters)}
+
+    def _assign(self, x, y, psi, cost, cached: torch.Tensor | None):
+        """argmin_j c(x_i, y_j) − ψ_j for every row i, on the kept matrix or `chunk` rows at a time."""
+        if cached is not None:
+            return (cached - psi).argmin(1)
+        return torch.cat([(self.cost_matrix(rows, y, cost) - psi).argmin(1) for rows in x.split(self.chunk)])
 
 
 class CriticMatcher(_OwnOptimizer):
@@ -142,8 +139,7 @@ class CriticMatcher(_OwnOptimizer):
 
     def _pair(self, x, y, cost, each_real):
         m, n = len(x), len(y)
-        C = cost.pairwise(x, y)
-        check_finite_matrix(self.name, "the cost matrix", C)
+        C = self.cost_matrix(x, y, cost)
         with torch.enable_grad():
             for _ in range(self.critic_steps if self.training else 0):
                 psi = self.net(y).squeeze(1)
