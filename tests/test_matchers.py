@@ -11,7 +11,7 @@ from ot_gen.costs import Euclidean, SqEuclidean
 from ot_gen.errors import NonFiniteError, SolverError
 from ot_gen.matching import ExactMatcher, HungarianMatcher, identity_pairs
 
-MATCHERS = [ExactMatcher(), HungarianMatcher()]
+MATCHERS = [ExactMatcher(), ExactMatcher(solver="pot"), HungarianMatcher()]
 COST = SqEuclidean()
 
 
@@ -117,4 +117,4 @@ def test_too_few_generated_points_is_a_clear_error():
 def test_exact_solver_that_stops_early_is_an_error_not_a_bad_plan():
     x, y = points(200, 20, seed=1)
     with pytest.raises(SolverError, match="num_itermax"):
-        ExactMatcher(num_itermax=5)(x, y, COST, each_real=10)
+        ExactMatcher(solver="pot", num_itermax=5)(x, y, COST, each_real=10)
