@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 EPS_FACTOR = 8.0  # ε shrinks by this much per phase
 MAX_PHASES = 60
@@ -48,6 +48,13 @@ class AuctionResult:
 
 
 @njit(cache=True)
+def _before(price, owner, a, b):
+    """Heap order of two slots: cheaper first; at equal price a free slot first, so a
+    bidder never displaces a holder while a free slot of the same price is left."""
+    return price[a] < price[b] or (price[a] == price[b] and owner[a] < 0 <= owner[b])
+
+
+@njit(cache=True)
 def _sift_down(price, owner, person_slot, start, size, pos):
     """Restore the min-heap of one object's slots [start, start+size) from `pos` down."""
     while True:
@@ -55,10 +62,10 @@ def _sift_down(price, owner, person_slot, start, size, pos):
         if left >= size:
             return
         child = left
-        if left + 1 < size and price[start + left + 1] < price[start + left]:
+        if left + 1 < size and _before(price, owner, start + left + 1, start + left):
             child = left + 1
         a, b = start + pos, start + child
-        if price[a] <= price[b]:
+        if not _before(price, owner, b, a):
             return
         price[a], price[b] = price[b], price[a]
         owner[a], owner[b] = owner[b], owner[a]
@@ -70,23 +77,11 @@ def _sift_down(price, owner, person_slot, start, size, pos):
 
 
 @njit(cache=True)
-def _heapify(price, owner, person_slot, start, size):
-    for pos in range(size // 2 - 1, -1, -1):
-        _sift_down(price, owner, person_slot, start, size, pos)
-
-
-@njit(cache=True)
-def _phase(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue):
-    """One auction phase from an empty assignment; returns the number of bids."""
+def _bid_until_assigned(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue, count):
+    """Gauss-Seidel bidding by the `count` unassigned persons in `queue` (and whoever they
+    displace) until every person holds a slot; returns the number of bids."""
     m, N = C.shape
-    for j in range(N):  # every slot of an object starts at the object's price
-        for s in range(slot_start[j], slot_start[j] + cap[j]):
-            slot_owner[s] = -1
-            slot_price[s] = pmin[j]
-    for i in range(m):
-        person_slot[i] = -1
-        queue[i] = i
-    head, count, bids = 0, m, 0
+    head, bids = 0, 0
     while count > 0:
         i = queue[head]
         head = head + 1 if head + 1 < m else 0
@@ -100,8 +95,10 @@ def _phase(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, q
                     second, best, jbest = best, v, j
                 else:
                     second = v
-        start, size = slot_start[jbest], cap[jbest]
+        # The margin over the best OTHER object: a bid raises the price past every slot of
+        # its own object, so slots of one object never fight in ε steps.
         raise_by = second - best if second < np.inf else 0.0
+        start, size = slot_start[jbest], cap[jbest]
         old = slot_owner[start]
         if old >= 0:
             person_slot[old] = -1
@@ -117,33 +114,65 @@ def _phase(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, q
     return bids
 
 
+@njit(cache=True, parallel=True)
+def _best_values(C, pmin, best):
+    """best[i] = min_j C[i, j] + pmin[j]: each person's best value at the current prices."""
+    m, N = C.shape
+    for i in prange(m):
+        row = C[i]
+        b = np.inf
+        for j in range(N):
+            v = row[j] + pmin[j]
+            if v < b:
+                b = v
+        best[i] = b
+
+
 @njit(cache=True)
-def _certificate(C, slot_start, cap, slot_owner, pmin, assignment):
-    """(primal cost, dual value) of the current assignment and prices; fills `assignment`."""
+def _certificate(C, slot_start, cap, slot_owner, pmin, best, assignment):
+    """(primal cost, dual value) of the complete assignment held in the slots; fills
+    `assignment`. The dual uses the prices pmin and best[i] = min_j C[i, j] + pmin[j]."""
     m, N = C.shape
     for j in range(N):
         for s in range(slot_start[j], slot_start[j] + cap[j]):
             assignment[slot_owner[s]] = j
     primal, dual = 0.0, 0.0
     for i in range(m):
-        row = C[i]
-        primal += row[assignment[i]]
-        best = np.inf
-        for j in range(N):
-            v = row[j] + pmin[j]
-            if v < best:
-                best = v
-        dual += best
+        primal += C[i, assignment[i]]
+        dual += best[i]
     for j in range(N):
         dual -= cap[j] * pmin[j]
     return primal, dual
 
 
 @njit(cache=True)
-def _init_slots(slot_start, cap, slot_price, init_prices):
-    for j in range(len(cap)):
+def _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue):
+    """Start a phase at the new ε: every slot at its object's price, persons still within
+    ε of their best value keep their object, the others (returned in `queue`) bid again.
+    Kept persons take their object's LAST slots, so the free ones come first: with all
+    prices equal that order is a valid heap."""
+    m, N = C.shape
+    count = 0
+    for i in range(m):
+        j = assignment[i]
+        person_slot[i] = -1
+        if j < 0 or C[i, j] + pmin[j] - best[i] > eps:
+            assignment[i] = -1
+            queue[count] = i
+            count += 1
+    back = np.empty(N, dtype=np.int64)
+    for j in range(N):
+        back[j] = slot_start[j] + cap[j] - 1
         for s in range(slot_start[j], slot_start[j] + cap[j]):
-            slot_price[s] = init_prices[j]
+            slot_owner[s] = -1
+            slot_price[s] = pmin[j]
+    for i in range(m):
+        j = assignment[i]
+        if j >= 0:
+            slot_owner[back[j]] = i
+            person_slot[i] = back[j]
+            back[j] -= 1
+    return count
 
 
 def auction_transport(
@@ -183,16 +212,18 @@ def auction_transport(
     slot_owner = np.full(m, -1, dtype=np.int64)
     person_slot = np.full(m, -1, dtype=np.int64)
     queue = np.empty(m, dtype=np.int64)
-    assignment = np.empty(m, dtype=np.int64)
-    _init_slots(slot_start, cap, slot_price, prices)
+    assignment = np.full(m, -1, dtype=np.int64)
+    best = np.full(m, np.inf)
     pmin = prices.copy()
     eps, phases, bids = max(eps_start, eps_floor), 0, 0
     primal = dual = np.nan
     certified = False
     while phases < MAX_PHASES:
-        bids += _phase(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue)
+        count = _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue)
+        bids += _bid_until_assigned(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue, count)
         phases += 1
-        primal, dual = _certificate(C, slot_start, cap, slot_owner, pmin, assignment)
+        _best_values(C, pmin, best)
+        primal, dual = _certificate(C, slot_start, cap, slot_owner, pmin, best, assignment)
         if primal - dual <= rtol * abs(primal) + rounding:
             certified = True
             break
