@@ -19,7 +19,7 @@ from ot_gen.data import ImageDataModule
 from ot_gen.data.image_families import FAMILIES
 from ot_gen.data.image_files import DataFileError
 from ot_gen.errors import ConfigError
-from ot_gen.metrics import nearest_distances
+from ot_gen.metrics import nearest
 from ot_gen.networks import DeconvGenerator
 from ot_gen.train import build, run
 
@@ -194,7 +194,9 @@ def test_nearest_distances_match_brute_force():
     g = torch.Generator().manual_seed(0)
     q, c = torch.randn(30, 5, generator=g), torch.randn(200, 5, generator=g)
     expected = torch.cdist(q, c).min(1).values
-    assert torch.allclose(nearest_distances(q, c.split(64)), expected, atol=1e-4)
+    dist, closest = nearest(q, c.split(64))
+    assert torch.allclose(dist, expected, atol=1e-4)
+    assert torch.allclose((closest - q).flatten(1).norm(dim=1), dist, atol=1e-4), "the closest candidates themselves"
 
 
 @pytest.mark.parametrize("experiment", ["emgn_mnist_smoke", "otgan_fashion_smoke"])

@@ -1,10 +1,12 @@
-"""Pictures made during training, sent to the active loggers and saved in the run dir."""
+"""Pictures made during training and at its end, sent to the active loggers and saved in
+the run dir."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
@@ -37,14 +39,17 @@ class PointCloudPlots(L.Callback):
 
     - `plots/samples`: generated points over held-out points (2-D scatter, 1-D histogram);
     - `plots/pairs` (2-D): `n_pairs` reals, as many generated points, and a line from each
-      generated point to the partner the run's matcher gives it.
+      generated point to the partner the run's matcher gives it;
+    - `plots/density` (2-D): 2-D histograms of `n_density` generated points and of the
+      training points, on the same bins.
 
     Other data shapes are left to the image callbacks.
     """
 
-    def __init__(self, n_points: int = 1000, n_pairs: int = 150):
+    def __init__(self, n_points: int = 1000, n_pairs: int = 150, n_density: int = 20_000):
         self.n_points = check_positive_int("n_points", n_points)
         self.n_pairs = check_positive_int("n_pairs", n_pairs)
+        self.n_density = check_positive_int("n_density", n_density)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         real = trainer.datamodule.val_set
@@ -58,6 +63,8 @@ class PointCloudPlots(L.Callback):
         if real.shape[1] == 2:
             fig = self._pairs(*_matched_pairs(pl_module, real[: self.n_pairs]), step)
             log_picture(trainer.loggers, out_dir, "plots/pairs", fig, step)
+            fig = self._density(trainer.datamodule.train_set, pl_module.sample(self.n_density), step)
+            log_picture(trainer.loggers, out_dir, "plots/density", fig, step)
 
     @staticmethod
     def _samples(real: torch.Tensor, fake: torch.Tensor, step: int) -> Figure:
@@ -73,6 +80,20 @@ class PointCloudPlots(L.Callback):
             ax.set_aspect("equal")
         ax.legend(loc="upper right")
         ax.set_title(f"step {step}")
+        return fig
+
+    @staticmethod
+    def _density(real: torch.Tensor, fake: torch.Tensor, step: int) -> Figure:
+        r, f = real.cpu().numpy(), fake.cpu().numpy()
+        lo, hi = np.percentile(r, 0.5, axis=0), np.percentile(r, 99.5, axis=0)
+        pad = 0.1 * (hi - lo)
+        bins = [np.linspace(lo[i] - pad[i], hi[i] + pad[i], 80) for i in range(2)]
+        fig = Figure(figsize=(10, 4.6))
+        for k, (points, title) in enumerate(((r, "training data"), (f, f"generated, step {step}"))):
+            ax = fig.add_subplot(1, 2, k + 1)
+            ax.hist2d(points[:, 0], points[:, 1], bins=bins, density=True, cmap="magma")
+            ax.set_aspect("equal")
+            ax.set_title(f"{title} ({len(points)} points)")
         return fig
 
     @staticmethod
@@ -172,3 +193,89 @@ class LatentTraversals(L.Callback):
         if gmm:
             z = torch.cat([centre + level * scale * noise(self.n_steps, prior.dim) for level in self.NOISE])
             log_picture(trainer.loggers, out_dir, "latent/centre_noise", show(z, self.n_steps), step)
+
+
+def unseen_sample_pictures(loggers, out_dir: Path, heldout: torch.Tensor, details: dict[str, torch.Tensor],
+                           step: int, n_show: int = 16) -> None:
+    """The Earth-moving net's diff_validation pictures, from `unseen_sample_distances`:
+
+    - `eval/nn_histogram`: the distances from held-out points to their closest generated
+      point, next to those to their closest training point (the memorisation baseline);
+    - `eval/closest` (images): `n_show` held-out images (top row), the closest generated
+      image to each (middle) and the closest training image (bottom).
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    gen, train = details["generated"].cpu().numpy(), details["train"].cpu().numpy()
+    bins = np.linspace(0, max(gen.max(), train.max()) * 1.02, 40)
+    ax.hist(gen, bins=bins, alpha=0.6, label=f"closest generated (mean {gen.mean():.3g})")
+    ax.hist(train, bins=bins, alpha=0.6, label=f"closest training (mean {train.mean():.3g})")
+    ax.set_xlabel("distance from a held-out point")
+    ax.set_ylabel("held-out points")
+    ax.legend()
+    log_picture(loggers, out_dir, "eval/nn_histogram", fig, step)
+    if heldout.dim() == 4:
+        k = min(n_show, len(heldout))
+        rows = torch.cat([heldout[:k].float().cpu(), details["closest_generated"][:k].cpu(),
+                          details["closest_train"][:k].cpu()])
+        log_picture(loggers, out_dir, "eval/closest", make_grid(rows.clamp(0, 1), nrow=k, pad_value=1.0), step)
+
+
+class SummaryFigure(L.Callback):
+    """`plots/summary`: one figure at the end of a run (the final `trainer.validate` of
+    train.py): val/w2 with its noise floor, val/energy, the matched and identity costs at
+    every validation, and the final samples (scatter, histogram or image grid). The
+    curves themselves are the logger's job; this is the picture to keep."""
+
+    CURVES = ("val/w2", "val/w2_floor", "val/energy", "train/matched_cost", "train/identity_cost",
+              "val/frechet_classifier")
+
+    def __init__(self, n_points: int = 1000):
+        self.n_points = check_positive_int("n_points", n_points)
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self.history.append({"step": trainer.global_step,
+                             **{k: float(metrics[k]) for k in self.CURVES if k in metrics}})
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.state.fn != "validate" or not trainer.is_global_zero or not self.history:
+            return
+        dm = trainer.datamodule
+        fig = Figure(figsize=(16, 4))
+        ax = fig.add_subplot(1, 4, 1)
+        self._curves(ax, ["val/w2", "val/w2_floor"], "W2 to held-out data")
+        self._curves(fig.add_subplot(1, 4, 2), ["val/energy", "val/frechet_classifier"], "energy / Fréchet (classifier)")
+        self._curves(fig.add_subplot(1, 4, 3), ["train/matched_cost", "train/identity_cost"], "cost per pair")
+        ax = fig.add_subplot(1, 4, 4)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            fake = pl_module.sample(self.n_points if dm.val_set.dim() != 4 else 64)
+        if dm.val_set.dim() == 4:
+            grid = make_grid(dm.to_unit(fake).clamp(0, 1).cpu(), nrow=8, pad_value=1.0)
+            ax.imshow(grid.permute(1, 2, 0).numpy())
+            ax.axis("off")
+        elif fake.shape[1] == 1:
+            ax.hist(dm.val_set[:, 0].cpu().numpy(), bins=50, density=True, alpha=0.5, label="held-out")
+            ax.hist(fake[:, 0].cpu().numpy(), bins=50, density=True, alpha=0.5, label="generated")
+            ax.legend()
+        else:
+            r, f = dm.val_set[: self.n_points].cpu().numpy(), fake.cpu().numpy()
+            ax.scatter(r[:, 0], r[:, 1], s=3, alpha=0.4, label="held-out")
+            ax.scatter(f[:, 0], f[:, 1], s=3, alpha=0.4, label="generated")
+            ax.set_aspect("equal")
+            ax.legend(loc="upper right")
+        ax.set_title(f"samples after {trainer.global_step} steps")
+        log_picture(trainer.loggers, Path(trainer.default_root_dir), "summary", fig, trainer.global_step)
+
+    def _curves(self, ax, keys: list[str], title: str) -> None:
+        for key in keys:
+            points = [(h["step"], h[key]) for h in self.history if key in h]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=key)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend()

@@ -49,34 +49,42 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def nearest_distances(queries: torch.Tensor, candidates: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Euclidean distance from each query to its closest candidate, the candidates coming
-    in chunks (so 100,000 generated images never sit in memory at once)."""
+def nearest(queries: torch.Tensor, candidates: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Euclidean distance from each query to its closest candidate, that candidate), the
+    candidates coming in chunks (so 100,000 generated images never sit in memory at once)."""
     q = queries.flatten(1).float()
     q_sq = (q * q).sum(1, keepdim=True)
     best = torch.full((len(q),), float("inf"), device=q.device)
+    closest = torch.zeros_like(queries, dtype=torch.float32)
     for chunk in candidates:
-        c = chunk.flatten(1).float().to(q.device)
-        d2 = (q_sq + (c * c).sum(1) - 2.0 * q @ c.T).clamp_min_(0).min(1).values
-        best = torch.minimum(best, d2)
-    return best.sqrt()
+        c = chunk.float().to(q.device)
+        flat = c.flatten(1)
+        d2, idx = (q_sq + (flat * flat).sum(1) - 2.0 * q @ flat.T).clamp_min_(0).min(1)
+        better = d2 < best
+        best = torch.where(better, d2, best)
+        closest[better] = c[idx[better]]
+    return best.sqrt(), closest
 
 
 def unseen_sample_distances(
     heldout: torch.Tensor, train: torch.Tensor, sample: Callable[[int], torch.Tensor],
     n_generated: int, chunk: int = 10_000,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """The Earth-moving net's "approximating unseen samples": for each held-out point, the
     distance to its closest of `n_generated` generated points (drawn `chunk` at a time),
     next to the distance to its closest training point (the memorisation baseline).
 
-    Pass all three in the same scale (pixels in [0, 1] for images)."""
+    Pass all three in the same scale (pixels in [0, 1] for images). Returns the figures
+    and, for pictures, the distances and closest points themselves."""
     sizes = [min(chunk, n_generated - i) for i in range(0, n_generated, chunk)]
-    generated = nearest_distances(heldout, (sample(s) for s in sizes))
-    nearest_train = nearest_distances(heldout, train.split(chunk))
-    return {
+    generated, closest_generated = nearest(heldout, (sample(s) for s in sizes))
+    nearest_train, closest_train = nearest(heldout, train.split(chunk))
+    figures = {
         "eval/nn_generated_mean": generated.mean().item(),
         "eval/nn_generated_median": generated.median().item(),
         "eval/nn_train_mean": nearest_train.mean().item(),
         "eval/nn_train_median": nearest_train.median().item(),
     }
+    details = {"generated": generated, "train": nearest_train,
+               "closest_generated": closest_generated, "closest_train": closest_train}
+    return figures, details

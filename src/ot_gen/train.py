@@ -24,6 +24,7 @@ from ot_gen import checkpoints
 from ot_gen.costs import Cost
 from ot_gen.errors import ConfigError, OTGenError, check
 from ot_gen.matching import Matcher
+from ot_gen.callbacks import unseen_sample_pictures
 from ot_gen.metrics import unseen_sample_distances
 from ot_gen.modes import Oversampled
 from ot_gen.module import OTGenerator
@@ -155,7 +156,7 @@ def run(cfg: DictConfig) -> float:
         metrics = {
             **train_metrics,
             **val_metrics,
-            **_unseen_sample_metrics(cfg.eval, module, data),
+            **_unseen_sample_metrics(cfg.eval, module, data, trainer),
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
             "s_per_round": fit_s / max(int(module.rounds), 1),
@@ -168,14 +169,18 @@ def run(cfg: DictConfig) -> float:
         _finish_wandb()
 
 
-def _unseen_sample_metrics(cfg: DictConfig, module: OTGenerator, data) -> dict[str, float]:
-    """How well generated points approximate held-out ones (pixel scale [0, 1] for images)."""
+def _unseen_sample_metrics(cfg: DictConfig, module: OTGenerator, data, trainer: L.Trainer) -> dict[str, float]:
+    """How well generated points approximate held-out ones (pixel scale [0, 1] for images),
+    with the histogram and closest-image pictures."""
     if not cfg.n_generated:
         return {}
     heldout = data.to_unit(data.val_set[: cfg.n_heldout].to(module.device))
     train = data.to_unit(data.train_set.to(module.device))
     sample = lambda n: data.to_unit(module.sample(n))  # noqa: E731
-    return unseen_sample_distances(heldout, train, sample, cfg.n_generated, cfg.chunk)
+    figures, details = unseen_sample_distances(heldout, train, sample, cfg.n_generated, cfg.chunk)
+    if trainer.is_global_zero:
+        unseen_sample_pictures(trainer.loggers, Path(trainer.default_root_dir), heldout, details, trainer.global_step)
+    return figures
 
 
 def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> None:

@@ -36,6 +36,10 @@ class OTDataModule(L.LightningDataModule):
         self.batch_size: int | None = None
         self.train_set: torch.Tensor | None = None
         self.val_set: torch.Tensor | None = None
+        # Class labels of train_set / val_set when the source has them (image data sets);
+        # the classifier behind val/frechet_classifier trains on them.
+        self.train_labels: torch.Tensor | None = None
+        self.val_labels: torch.Tensor | None = None
 
     # -- what the rest of the code asks of data -------------------------------------------
     @property
@@ -188,7 +192,7 @@ class ImageDataModule(OTDataModule):
             train = image_families.sample(self.source, n, size, self.seed, stream=0)
             val = image_families.sample(self.source, self.n_val, size, self.seed, stream=1)
             return self._scale(train), self._scale(val)
-        train, val = self._split(self._load())
+        (train, self.train_labels), (val, self.val_labels) = self._split(self._load())
         return self._scale(self._to_float(train)), self._scale(self._to_float(val))
 
     def _load(self) -> image_files.Splits:
@@ -199,31 +203,35 @@ class ImageDataModule(OTDataModule):
             return image_files.load_image_folder(self.root, size, self.channels, self.on_bad_file)
         return image_files.load_idx(self.source, self.root, self.download, self.cache_dir)
 
-    def _split(self, splits: image_files.Splits) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, splits: image_files.Splits):
+        """((train images, labels), (held-out images, labels)); labels are None when the
+        source has none."""
         gen = torch.Generator().manual_seed(self.seed)
         filtered = {name: self._filter(name, *xy) for name, xy in splits.items()}
-        pool = filtered["train"] if "train" in filtered else filtered["test"]
+        pool, pool_labels = filtered["train"] if "train" in filtered else filtered["test"]
         order = torch.randperm(len(pool), generator=gen)
+        pick = lambda labels, idx: None if labels is None else labels[idx]  # noqa: E731
         if "train" in filtered and "test" in filtered:
-            test = filtered["test"]
+            test, test_labels = filtered["test"]
             check(self.n_val <= len(test), "n_val", self.n_val, f"at most the {len(test)} held-out images")
-            val = test[torch.randperm(len(test), generator=gen)[: self.n_val]]
+            held = torch.randperm(len(test), generator=gen)[: self.n_val]
+            val = (test[held], pick(test_labels, held))
         else:
             log.warning("%s: only one split found under %s; holding out %d of its %d images for validation",
                         self.source, self.root, self.n_val, len(pool))
             check(self.n_val < len(pool), "n_val", self.n_val, f"fewer than the {len(pool)} images available")
-            val, order = pool[order[: self.n_val]], order[self.n_val :]
+            val, order = (pool[order[: self.n_val]], pick(pool_labels, order[: self.n_val])), order[self.n_val :]
         n_train = self.n_train or len(order)
         check(n_train <= len(order), "n_train", self.n_train, f"at most the {len(order)} training images available")
-        return pool[order[:n_train]], val
+        return (pool[order[:n_train]], pick(pool_labels, order[:n_train])), val
 
-    def _filter(self, split: str, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _filter(self, split: str, x: torch.Tensor, labels: torch.Tensor | None):
         if self.classes is None:
-            return x
+            return x, labels
         check(labels is not None, "classes", self.classes, f"null: {self.source} has no labels")
         keep = torch.isin(labels, torch.tensor(self.classes))
         check(bool(keep.any()), "classes", self.classes, f"labels present in {self.source}'s {split} split")
-        return x[keep]
+        return x[keep], labels[keep]
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255.0

@@ -1,0 +1,129 @@
+"""A Fréchet distance in the feature space of a small classifier trained here.
+
+No downloaded network weights exist on the machines this project runs on, so this is NOT
+the FID (Inception-v3 features): a small convolutional classifier is trained on the
+run's own training split and labels, once per run, and the Fréchet distance between
+Gaussians fitted to its penultimate-layer features of generated and held-out images is
+logged as `val/frechet_classifier`, with the classifier's held-out accuracy as
+`val/classifier_accuracy` (how much its features are worth). Values are comparable only
+between runs on the same data set with the same classifier settings and seed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from ot_gen.errors import check_positive_int
+
+log = logging.getLogger(__name__)
+
+
+class SmallClassifier(nn.Module):
+    """Two strided convolutions, pooling to 4×4, a `features`-wide layer (the feature
+    space) and the class logits: small enough to train in seconds on a CPU."""
+
+    def __init__(self, channels: int, n_classes: int, features: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, features), nn.ReLU(),
+        )
+        self.head = nn.Linear(features, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 400, batch_size: int = 64,
+                     seed: int = 0) -> SmallClassifier:
+    """`steps` Adam steps on cross-entropy over random minibatches, from its own RNG (the
+    training run's streams are untouched)."""
+    n_classes = int(labels.max()) + 1
+    labels = labels.to(images.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SmallClassifier(images.shape[1], n_classes).to(images.device)
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        for _ in range(steps):
+            idx = torch.randint(len(images), (min(batch_size, len(images)),))
+            loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a − mu_b|² + Tr(S_a + S_b − 2 (S_a S_b)^{1/2}) between Gaussians fitted to the
+    rows of a and b (float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # Tr (S_a S_b)^{1/2} = Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}, a symmetric PSD matrix: by
+    # eigenvalues, stable when a covariance is singular (dead ReLU features).
+    w, v = np.linalg.eigh(sa)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0, None)).sum()
+    return float(max(mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * cross, 0.0))
+
+
+class ClassifierFrechet(L.Callback):
+    """Image data with labels: trains the classifier at the first validation (on at most
+    `max_train` training images, `steps` Adam steps of 64, seed `seed`), then at each validation
+    logs `val/frechet_classifier` between `n_samples` generated images (fixed latents
+    drawn from their own RNG) and as many held-out images, and `val/classifier_accuracy`.
+    Data without labels (image folders without classes, synthetic families) or not
+    images: nothing is logged."""
+
+    def __init__(self, n_samples: int = 1000, steps: int = 400, max_train: int = 10_000, seed: int = 0):
+        self.n_samples = check_positive_int("n_samples", n_samples, minimum=2)
+        self.steps = check_positive_int("steps", steps)
+        self.max_train = check_positive_int("max_train", max_train)
+        self.seed = int(seed)
+        self.model: SmallClassifier | None = None
+        self._real_features: np.ndarray | None = None
+        self._accuracy = 0.0
+        self._prepared = False
+
+    def _prepare(self, trainer: L.Trainer, pl_module) -> None:
+        """Train the classifier once, at the first validation (the module is on its device)."""
+        self._prepared = True
+        dm = trainer.datamodule
+        if dm is None or dm.train_set.dim() != 4 or getattr(dm, "train_labels", None) is None or dm.val_labels is None:
+            return
+        device = pl_module.device
+        images, labels = dm.train_set[: self.max_train].to(device), dm.train_labels[: self.max_train]
+        with torch.enable_grad(), torch.inference_mode(False):
+            self.model = train_classifier(images, labels, self.steps, seed=self.seed)
+        held, held_labels = dm.val_set[: self.n_samples].to(device), dm.val_labels[: self.n_samples]
+        with torch.no_grad():
+            self._accuracy = (self.model(held).argmax(1).cpu() == held_labels).double().mean().item()
+            self._real_features = self.model.features(held).double().cpu().numpy()
+        log.info("classifier for val/frechet_classifier: held-out accuracy %.3f", self._accuracy)
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        if not self._prepared:
+            self._prepare(trainer, pl_module)
+        if self.model is None:
+            return
+        self.model.to(pl_module.device)
+        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            fake = pl_module.sample(len(self._real_features))
+        features = self.model.features(fake).double().cpu().numpy()
+        pl_module.log_dict(
+            {"val/frechet_classifier": frechet_distance(features, self._real_features),
+             "val/classifier_accuracy": self._accuracy},
+            sync_dist=True,
+        )
