@@ -272,10 +272,13 @@ class SummaryFigure(L.Callback):
         log_picture(trainer.loggers, Path(trainer.default_root_dir), "summary", fig, trainer.global_step)
 
     def _curves(self, ax, keys: list[str], title: str) -> None:
+        drawn = 0
         for key in keys:
             points = [(h["step"], h[key]) for h in self.history if key in h]
             if points:
                 ax.plot(*zip(*points), marker="o", ms=3, label=key)
+                drawn += 1
         ax.set_xlabel("step")
         ax.set_title(title)
-        ax.legend()
+        if drawn:
+            ax.legend()
