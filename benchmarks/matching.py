@@ -4,8 +4,10 @@
 
 Problems: n reals × k·n generated points, n in {256, 1000, 2000}, k in {1, 10},
 d in {2, 784, 3072}, squared Euclidean cost; data `random` (Gaussian reals, generated
-points from a shifted, wider Gaussian) and `fashion` (Fashion-MNIST reals at 28×28 in
-[-1, 1] against the outputs of a generator trained briefly here, d = 784 only).
+points from a shifted, wider Gaussian), `eight_gaussians` (the default 2-D toy against a
+second sample of it: what a well-trained generator gives; d = 2 only) and `fashion`
+(Fashion-MNIST reals at 28×28 in [-1, 1] against the outputs of a generator trained
+briefly here, d = 784 only). `--data` picks some of them.
 
 For each problem: median seconds over `--repeats` solves of ot.emd (numItermax 1e9, so it
 converges), scipy's linear_sum_assignment (k = 1 only), the auction cold and warm. "Warm"
@@ -104,6 +106,13 @@ def train_fashion(data_dir: Path, out: Path, solver: str, steps: int) -> dict:
     return metrics
 
 
+def toy_points(n: int, k: int, seed: int):
+    from ot_gen.data.toy import sample
+
+    draws = [sample("eight_gaussians", k * n, seed, stream, noise=0.1).astype(np.float64) for stream in (1, 2)]
+    return draws, sample("eight_gaussians", n, seed, 0, noise=0.1).astype(np.float64)
+
+
 def fashion_points(data_dir: Path, ckpt: Path, n: int, k: int, seed: int):
     from ot_gen.data import ImageDataModule
 
@@ -122,21 +131,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="n=1000, d=784 only")
     parser.add_argument("--train-steps", type=int, default=100, help="optimizer steps of each Fashion run (20 per round)")
+    parser.add_argument("--data", nargs="+", default=["random", "eight_gaussians", "fashion"],
+                        choices=["random", "eight_gaussians", "fashion"])
     args = parser.parse_args()
     ns, ds = ((1000,), (784,)) if args.quick else ((256, 1000, 2000), (2, 784, 3072))
     auction_transport(np.random.rand(40, 4), np.full(4, 10))  # numba compiles (or loads its cache) here
 
     rows = []
     rng = np.random.default_rng(0)
-    for n in ns:
+    for n in ns if "random" in args.data else ():
         for k in (1, 10):
             for d in ds:
                 (x, x_next), y = random_points(n, k, d, rng)
                 rows.append({"data": "random", "n": n, "k": k, "d": d, **solve_all(x, x_next, y, k, args.repeats)})
                 print(_line(rows[-1]), flush=True)
+    for n in ns if "eight_gaussians" in args.data else ():
+        for k in (1, 10):
+            (x, x_next), y = toy_points(n, k, seed=n + k)
+            rows.append({"data": "8gauss", "n": n, "k": k, "d": 2, **solve_all(x, x_next, y, k, args.repeats)})
+            print(_line(rows[-1]), flush=True)
 
     rounds = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if "fashion" not in args.data:
+            _report(rows, rounds)
+            return
         for solver in ("pot", "fast"):
             rounds[solver] = train_fashion(args.data_dir, Path(tmp) / solver, solver, args.train_steps)
         ckpt = Path(tmp) / "pot" / "checkpoints" / "last.ckpt"
@@ -146,6 +165,10 @@ def main() -> None:
                 rows.append({"data": "fashion", "n": n, "k": k, "d": 784, **solve_all(x, x_next, y, k, args.repeats)})
                 print(_line(rows[-1]), flush=True)
 
+    _report(rows, rounds)
+
+
+def _report(rows: list[dict], rounds: dict) -> None:
     print("\nShare of an oversampled round spent matching (Fashion-MNIST 28×28, pool 1000, k 10):")
     for solver, m in rounds.items():
         print(f"  solver={solver}: {m['mean_solve_s']:.3f} s of {m['s_per_round']:.3f} s per round "

@@ -94,17 +94,17 @@ def test_warm_start_from_any_prices_keeps_the_optimum():
 def test_the_matcher_remembers_prices_per_real_and_keeps_them_in_the_checkpoint():
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(20, 2, generator=gen)
-    matcher = ExactMatcher().train()
+    matcher = ExactMatcher(solver="fast").train()
     first = matcher(torch.randn(60, 2, generator=gen), y, SqEuclidean(), each_real=3)
     assert first.stats["warm_started"] == 0.0
     # The next round: new generated points, the same reals in another order.
-    restored = ExactMatcher().train()
+    restored = ExactMatcher(solver="fast").train()
     restored.load_state_dict(matcher.state_dict())
     perm = torch.randperm(20, generator=gen)
     x = torch.randn(60, 2, generator=gen)
     second = restored(x, y[perm], SqEuclidean(), each_real=3)
     assert second.stats["warm_started"] == 1.0 and second.stats["certified"] == 1.0
-    cold = ExactMatcher(warm_start=False)(x, y[perm], SqEuclidean(), each_real=3)
+    cold = ExactMatcher(solver="fast", warm_start=False)(x, y[perm], SqEuclidean(), each_real=3)
     assert second.stats["matched_cost"] == pytest.approx(cold.stats["matched_cost"], rel=1e-9)
     assert cold.stats["warm_started"] == 0.0
 
@@ -116,7 +116,7 @@ def test_a_solve_that_cannot_certify_says_so_and_falls_back_to_emd(monkeypatch):
     C, cap = ot.dist(x.double().numpy(), y.double().numpy()), np.full(30, 3)
     assert not auction_transport(C, cap).certified
     with pytest.warns(UserWarning, match="could not certify optimality"):
-        match = ExactMatcher()(x, y, SqEuclidean(), each_real=3)
+        match = ExactMatcher(solver="fast")(x, y, SqEuclidean(), each_real=3)
     assert match.stats["certified"] == 0.0
     optimal = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=3)
     assert match.stats["matched_cost"] == pytest.approx(optimal.stats["matched_cost"], rel=1e-9)
@@ -143,8 +143,8 @@ def test_matcher_rejects_non_finite_points_and_bad_options():
     x = torch.randn(6, 2)
     x[2, 1] = float("nan")
     with pytest.raises(NonFiniteError, match="generated points contain NaN"):
-        ExactMatcher()(x, torch.randn(3, 2), SqEuclidean(), each_real=2)
-    with pytest.raises(ValueError, match="solver='simplex' is not allowed: one of fast, pot"):
+        ExactMatcher(solver="fast")(x, torch.randn(3, 2), SqEuclidean(), each_real=2)
+    with pytest.raises(ValueError, match="solver='simplex' is not allowed: one of auto, fast, pot"):
         ExactMatcher(solver="simplex")
     with pytest.raises(ValueError, match="rtol=0.01 is not allowed"):
         ExactMatcher(rtol=0.01)
@@ -155,3 +155,13 @@ def test_the_dummy_real_takes_the_spare_points():
     _, b, Cd = integer_marginals(C, 3)
     result = auction_transport(Cd.numpy(), b.long().numpy())
     assert result.certified and np.bincount(result.assignment).tolist() == [3, 3, 1]
+
+
+def test_auto_uses_the_auction_for_images_and_pot_for_low_dimensional_points():
+    gen = torch.Generator().manual_seed(2)
+    for shape, auction_used in (((2,), False), ((1, 12, 12), True)):
+        x, y = torch.randn(40, *shape, generator=gen), torch.randn(20, *shape, generator=gen)
+        auto = ExactMatcher()(x, y, SqEuclidean(), each_real=2)
+        assert ("certified" in auto.stats) == auction_used
+        pot = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=2)
+        assert auto.stats["matched_cost"] == pytest.approx(pot.stats["matched_cost"], rel=1e-9)

@@ -85,7 +85,7 @@ def test_the_default_config_is_the_documented_one(config):
         ("network.width=0", "network.width=0 is not allowed"),
         ("mode=oversampled +mode.kk=3", "mode.kk=3 is not allowed: a key of mode: pool_size, k,"),
         ("matcher.num_itermax=0", "matcher.num_itermax=0 is not allowed"),
-        ("matcher.solver=simplex", "matcher.solver='simplex' is not allowed: one of fast, pot"),
+        ("matcher.solver=simplex", "matcher.solver='simplex' is not allowed: one of auto, fast, pot"),
         ("matcher.rtol=0.1", "matcher.rtol=0.1 is not allowed: a relative duality gap <= 1e-6"),
         ("matcher.warm_start=maybe", "matcher.warm_start='maybe' is not allowed: true or false"),
         ("optimizer.lr=-0.1", "optimizer="),
