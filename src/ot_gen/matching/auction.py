@@ -7,10 +7,11 @@ cost sum_i C[i, obj(i)] is minimal.
 
 Each object is cap_j *slots* kept as a binary min-heap of slot prices. A person bids for
 the object with the lowest C[i, j] + price_j (price_j = its cheapest slot), takes that
-slot and raises its price by the margin over the person's second-best choice plus ε,
+slot and raises its price by the margin over the person's best OTHER object plus ε,
 displacing the slot's previous holder (Gauss-Seidel: one bid at a time). Every phase
 ends with a complete assignment in which each person is within ε of its best choice
-(ε-complementary slackness), and ε shrinks by `eps_factor` between phases.
+(ε-complementary slackness). ε shrinks by `EPS_FACTOR` between phases; a new phase resets
+every slot to its object's price and re-bids only the persons no longer within ε.
 
 Optimality is never assumed: after every phase the solver computes the dual value
 D = sum_i min_j (C[i, j] + p_j) - sum_j cap_j p_j of the prices p (feasible for any p),
