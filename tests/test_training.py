@@ -139,3 +139,18 @@ def test_wandb_by_default_runs_offline_and_records_scalars_pictures_config(confi
     assert logged.config["mode"]["_target_"] == "ot_gen.modes.Minibatch"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_logged_in()
+
+
+def test_pictures_never_change_a_runs_results(config):
+    """The picture callbacks draw from their own random stream, so a run with them and a
+    run without them train on the same latents and data order."""
+    tiny = ("trainer.max_steps=30", "mode.val_every_rounds=10", "eval.n_generated=0")
+    with_pictures = config(*tiny)
+    without = config(*tiny, "callbacks=none")
+    a, b = run(with_pictures), run(without)
+    assert a == b
+    ma = json.loads((ROOT / with_pictures.paths.output_dir / "metrics.json").read_text())
+    mb = json.loads((ROOT / without.paths.output_dir / "metrics.json").read_text())
+    for key in ("val/w2", "val/energy", "train/matched_cost", "train/loss"):
+        assert ma[key] == mb[key], key
+    assert list((ROOT / with_pictures.paths.output_dir / "plots").glob("density_step*.png"))

@@ -3,6 +3,7 @@ the run dir."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,17 @@ from torchvision.utils import make_grid
 
 from ot_gen.errors import check_positive_int
 from ot_gen.loggers import log_picture
+
+
+@contextmanager
+def own_rng(device: torch.device, seed: int = 0):
+    """Draw from a fixed stream of its own: the run's global RNG (latents, data order, the
+    random matcher) is left exactly where it was, so turning pictures or evaluation
+    figures on or off never changes a run's results, and every validation draws the same
+    latents (pictures comparable across steps)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _draws_now(trainer: L.Trainer) -> bool:
@@ -55,9 +67,11 @@ class PointCloudPlots(L.Callback):
         real = trainer.datamodule.val_set
         if not _draws_now(trainer) or real.dim() != 2 or real.shape[1] > 2:
             return
-        out_dir = Path(trainer.default_root_dir)
-        step = trainer.global_step
-        real = real[: self.n_points].to(pl_module.device)
+        with own_rng(pl_module.device):
+            self._draw(trainer, pl_module, real[: self.n_points].to(pl_module.device))
+
+    def _draw(self, trainer: L.Trainer, pl_module, real: torch.Tensor) -> None:
+        out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         fake = pl_module.sample(len(real))
         log_picture(trainer.loggers, out_dir, "plots/samples", self._samples(real, fake, step), step)
         if real.shape[1] == 2:
@@ -128,10 +142,11 @@ class ImageGrids(L.Callback):
         if not _draws_now(trainer) or dm.val_set.dim() != 4:
             return
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
-        samples = dm.to_unit(pl_module.sample(self.n_samples)).clamp(0, 1).cpu()
+        with own_rng(pl_module.device):
+            samples = dm.to_unit(pl_module.sample(self.n_samples)).clamp(0, 1).cpu()
+            fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device))
         grid = make_grid(samples, nrow=int(self.n_samples**0.5), pad_value=1.0)
         log_picture(trainer.loggers, out_dir, "images/samples", grid, step)
-        fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device))
         rows = torch.cat([real, fake])
         grid = make_grid(dm.to_unit(rows).clamp(0, 1).cpu(), nrow=len(real), pad_value=1.0)
         log_picture(trainer.loggers, out_dir, "images/pairs", grid, step)
@@ -251,8 +266,7 @@ class SummaryFigure(L.Callback):
         self._curves(fig.add_subplot(1, 4, 2), ["val/energy", "val/frechet_classifier"], "energy / Fréchet (classifier)")
         self._curves(fig.add_subplot(1, 4, 3), ["train/matched_cost", "train/identity_cost"], "cost per pair")
         ax = fig.add_subplot(1, 4, 4)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with own_rng(pl_module.device):
             fake = pl_module.sample(self.n_points if dm.val_set.dim() != 4 else 64)
         if dm.val_set.dim() == 4:
             grid = make_grid(dm.to_unit(fake).clamp(0, 1).cpu(), nrow=8, pad_value=1.0)

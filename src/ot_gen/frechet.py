@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ot_gen.callbacks import own_rng
 from ot_gen.errors import check_positive_int
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,7 @@ class ClassifierFrechet(L.Callback):
         if self.model is None:
             return
         self.model.to(pl_module.device)
-        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
+        with own_rng(pl_module.device, self.seed):
             fake = pl_module.sample(len(self._real_features))
         features = self.model.features(fake).double().cpu().numpy()
         pl_module.log_dict(
