@@ -27,6 +27,24 @@ def own_rng(device: torch.device, seed: int = 0):
         yield
 
 
+def _image_grid(dm, images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Images in the data's value range as one grid picture in [0, 1]."""
+    return make_grid(dm.to_unit(images).clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
+
+
+def _plot_samples(ax, real: torch.Tensor, fake: torch.Tensor) -> None:
+    """Generated over held-out points: histograms for 1-D data, a scatter for 2-D."""
+    r, f = real.cpu().numpy(), fake.cpu().numpy()
+    if r.shape[1] == 1:
+        ax.hist(r[:, 0], bins=50, density=True, alpha=0.5, label="held-out")
+        ax.hist(f[:, 0], bins=50, density=True, alpha=0.5, label="generated")
+    else:
+        ax.scatter(r[:, 0], r[:, 1], s=4, alpha=0.5, label="held-out")
+        ax.scatter(f[:, 0], f[:, 1], s=4, alpha=0.5, label="generated")
+        ax.set_aspect("equal")
+    ax.legend(loc="upper right")
+
+
 def _draws_now(trainer: L.Trainer) -> bool:
     """Pictures are drawn once per real validation, by rank zero only."""
     return not trainer.sanity_checking and trainer.is_global_zero
@@ -84,15 +102,7 @@ class PointCloudPlots(L.Callback):
     def _samples(real: torch.Tensor, fake: torch.Tensor, step: int) -> Figure:
         fig = Figure(figsize=(5, 5))
         ax = fig.add_subplot()
-        r, f = real.cpu().numpy(), fake.cpu().numpy()
-        if r.shape[1] == 1:
-            ax.hist(r[:, 0], bins=50, density=True, alpha=0.5, label="held-out")
-            ax.hist(f[:, 0], bins=50, density=True, alpha=0.5, label="generated")
-        else:
-            ax.scatter(r[:, 0], r[:, 1], s=4, alpha=0.5, label="held-out")
-            ax.scatter(f[:, 0], f[:, 1], s=4, alpha=0.5, label="generated")
-            ax.set_aspect("equal")
-        ax.legend(loc="upper right")
+        _plot_samples(ax, real, fake)
         ax.set_title(f"step {step}")
         return fig
 
@@ -143,13 +153,10 @@ class ImageGrids(L.Callback):
             return
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         with own_rng(pl_module.device):
-            samples = dm.to_unit(pl_module.sample(self.n_samples)).clamp(0, 1).cpu()
+            samples = pl_module.sample(self.n_samples)
             fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device))
-        grid = make_grid(samples, nrow=int(self.n_samples**0.5), pad_value=1.0)
-        log_picture(trainer.loggers, out_dir, "images/samples", grid, step)
-        rows = torch.cat([real, fake])
-        grid = make_grid(dm.to_unit(rows).clamp(0, 1).cpu(), nrow=len(real), pad_value=1.0)
-        log_picture(trainer.loggers, out_dir, "images/pairs", grid, step)
+        log_picture(trainer.loggers, out_dir, "images/samples", _image_grid(dm, samples, int(self.n_samples**0.5)), step)
+        log_picture(trainer.loggers, out_dir, "images/pairs", _image_grid(dm, torch.cat([real, fake]), len(real)), step)
 
 
 class LatentTraversals(L.Callback):
@@ -186,8 +193,7 @@ class LatentTraversals(L.Callback):
         centre = prior.centres[0].to(device) if gmm else torch.zeros(prior.dim, device=device)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
-        show = lambda z, nrow: make_grid(  # noqa: E731
-            dm.to_unit(pl_module.generator(z)).clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
+        show = lambda z, nrow: _image_grid(dm, pl_module.generator(z), nrow)  # noqa: E731
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         # The plane spans the prior's overall spread (for a GMM: its centres' spread too).
         spread = float((prior.centres.var(0).mean() + scale**2).sqrt()) if gmm else scale
@@ -269,19 +275,10 @@ class SummaryFigure(L.Callback):
         with own_rng(pl_module.device):
             fake = pl_module.sample(self.n_points if dm.val_set.dim() != 4 else 64)
         if dm.val_set.dim() == 4:
-            grid = make_grid(dm.to_unit(fake).clamp(0, 1).cpu(), nrow=8, pad_value=1.0)
-            ax.imshow(grid.permute(1, 2, 0).numpy())
+            ax.imshow(_image_grid(dm, fake, 8).permute(1, 2, 0).numpy())
             ax.axis("off")
-        elif fake.shape[1] == 1:
-            ax.hist(dm.val_set[:, 0].cpu().numpy(), bins=50, density=True, alpha=0.5, label="held-out")
-            ax.hist(fake[:, 0].cpu().numpy(), bins=50, density=True, alpha=0.5, label="generated")
-            ax.legend()
         else:
-            r, f = dm.val_set[: self.n_points].cpu().numpy(), fake.cpu().numpy()
-            ax.scatter(r[:, 0], r[:, 1], s=3, alpha=0.4, label="held-out")
-            ax.scatter(f[:, 0], f[:, 1], s=3, alpha=0.4, label="generated")
-            ax.set_aspect("equal")
-            ax.legend(loc="upper right")
+            _plot_samples(ax, dm.val_set[: self.n_points], fake)
         ax.set_title(f"samples after {trainer.global_step} steps")
         log_picture(trainer.loggers, Path(trainer.default_root_dir), "summary", fig, trainer.global_step)
 

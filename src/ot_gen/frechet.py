@@ -49,8 +49,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 40
     training run's streams are untouched)."""
     n_classes = int(labels.max()) + 1
     labels = labels.to(images.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with own_rng(images.device, seed):
         model = SmallClassifier(images.shape[1], n_classes).to(images.device)
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         for _ in range(steps):

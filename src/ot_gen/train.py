@@ -21,10 +21,10 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ot_gen import checkpoints
+from ot_gen.callbacks import unseen_sample_pictures
 from ot_gen.costs import Cost
 from ot_gen.errors import ConfigError, OTGenError, check
 from ot_gen.matching import Matcher
-from ot_gen.callbacks import unseen_sample_pictures
 from ot_gen.metrics import unseen_sample_distances
 from ot_gen.modes import Oversampled
 from ot_gen.module import OTGenerator

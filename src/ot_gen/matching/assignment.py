@@ -51,9 +51,9 @@ class ExactMatcher(Matcher):
     - `pot`: POT's network simplex `ot.emd`, the reference. POT only warns when it stops
       early (`num_itermax`); here that is an error, never a silently wrong plan.
     - `auto` (default): `fast` for points with at least `AUTO_MIN_DIM` coordinates
-      (images), `pot` below. On clustered low-dimensional data (the 2-D toys) costs are
-      full of near-ties and the auction was measured 2-3× slower than `ot.emd`; at
-      d = 784 and 3072 it was up to 20× faster (benchmarks/matching.py).
+      (images), `pot` below. At d = 2 the auction solves only 1.2-3.4× faster than
+      `ot.emd` (near-ties) and a default 2-D training run was no faster with it; at
+      d = 784 and 3072 it was up to 19× faster (benchmarks/matching.py, README).
 
     Generated points carry mass 1 and each real carries `each_real`; when there are more
     generated points than needed, a zero-cost dummy real absorbs the rest.
