@@ -86,7 +86,7 @@ def test_warm_start_from_any_prices_keeps_the_optimum():
     rng = np.random.default_rng(3)
     C, cap = random_problem(rng, "plain")
     reference = emd_cost(C, cap)
-    for prices in (auction_transport(C, cap).prices, rng.standard_normal(len(cap)) * 100):
+    for prices in (auction_transport(C, cap).prices, rng.standard_normal(len(cap)) * 100, rng.random(len(cap)) * 1e20):
         warm = auction_transport(C, cap, init_prices=prices)
         assert warm.certified and warm.primal == pytest.approx(reference, rel=1e-9)
 
@@ -157,11 +157,60 @@ def test_the_dummy_real_takes_the_spare_points():
     assert result.certified and np.bincount(result.assignment).tolist() == [3, 3, 1]
 
 
-def test_auto_uses_the_auction_for_images_and_pot_for_low_dimensional_points():
+def test_auto_uses_the_auction_for_large_problems_and_pot_for_small_ones():
     gen = torch.Generator().manual_seed(2)
-    for shape, auction_used in (((2,), False), ((1, 12, 12), True)):
-        x, y = torch.randn(40, *shape, generator=gen), torch.randn(20, *shape, generator=gen)
+    for m, n, auction_used in ((40, 20, False), (800, 200, True)):  # 800 × 200 = 160,000 entries
+        x, y = torch.randn(m, 2, generator=gen), torch.randn(n, 2, generator=gen)
         auto = ExactMatcher()(x, y, SqEuclidean(), each_real=2)
         assert ("certified" in auto.stats) == auction_used
         pot = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=2)
         assert auto.stats["matched_cost"] == pytest.approx(pot.stats["matched_cost"], rel=1e-9)
+
+
+def check_solution(C, cap, result):
+    """Optimal (= ot.emd's cost), a valid k-to-1 assignment, and a certificate that holds
+    when recomputed here from the returned prices."""
+    assert result.certified
+    assert np.bincount(result.assignment, minlength=len(cap)).tolist() == cap.tolist()
+    primal = C[np.arange(len(C)), result.assignment].sum()
+    dual = (C + result.prices).min(1).sum() - (cap * result.prices).sum()
+    assert primal - dual <= 1e-9 * abs(primal) + 1e-9
+    reference = emd_cost(C, cap)
+    assert abs(primal - reference) <= 1e-7 * max(abs(reference), 1e-12), (primal, reference)
+
+
+@pytest.mark.parametrize("contested", [False, True])
+def test_both_stages_and_the_candidate_lists_on_problems_wider_than_a_list(contested):
+    """More reals than a candidate list holds, so lists run out and rows are read again;
+    `contested`: generated points crowd around a few reals (what a young generator
+    gives), the case where prices move most."""
+    rng = np.random.default_rng(11 + contested)
+    n, k, d = 3 * auction.LIST_SIZE, 4, 6
+    y = rng.standard_normal((n, d))
+    x = rng.standard_normal((k * n, d))
+    if contested:
+        x = y[rng.integers(0, 5, k * n)] + 0.3 * x
+    C, cap = ot.dist(x, y), np.full(n, k)
+    result = auction_transport(C, cap)
+    check_solution(C, cap, result)
+    assert result.coarse_phases >= 3 and result.phases > result.coarse_phases
+    assert result.row_reads > 0
+
+
+def test_more_exact_ties_than_a_candidate_list_holds():
+    rng = np.random.default_rng(5)
+    n, k = 2 * auction.LIST_SIZE, 2
+    C = rng.integers(0, 3, (k * n, n)).astype(np.float64)  # each row: ~n/3 objects tie at its best
+    C[:, : auction.LIST_SIZE + 10] = 0.0  # and every row ties at 0 on more than a list's worth
+    cap = np.full(n, k)
+    check_solution(C, cap, auction_transport(C, cap))
+
+
+def test_the_fine_stage_alone():
+    rng = np.random.default_rng(8)
+    C, cap = ot.dist(rng.standard_normal((300, 3)), rng.standard_normal((100, 3))), np.full(100, 3)
+    fine_only = auction_transport(C, cap, eps_start=(C.max() - C.min()) * 1e-6)  # below the coarse stage's ε
+    assert fine_only.coarse_phases == 0
+    check_solution(C, cap, fine_only)
+    constant = auction_transport(np.full((6, 3), 2.5), np.full(3, 2))  # zero range: no quantisation step
+    assert constant.certified and constant.coarse_phases == 0 and constant.primal == 15.0

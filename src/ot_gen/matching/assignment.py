@@ -50,10 +50,10 @@ class ExactMatcher(Matcher):
       solve; they travel in the checkpoint.
     - `pot`: POT's network simplex `ot.emd`, the reference. POT only warns when it stops
       early (`num_itermax`); here that is an error, never a silently wrong plan.
-    - `auto` (default): `fast` for points with at least `AUTO_MIN_DIM` coordinates
-      (images), `pot` below. At d = 2 the auction solves only 1.2-3.4× faster than
-      `ot.emd` (near-ties) and a default 2-D training run was no faster with it; at
-      d = 784 and 3072 it was up to 19× faster (benchmarks/matching.py, README).
+    - `auto` (default): `fast` when the cost matrix has at least `AUTO_MIN_ENTRIES`
+      entries, `pot` below. On 1000 × 10,000 the auction solved 5-55× faster than
+      `ot.emd` (d = 2 to 3072, benchmarks/matching.py, README); at 256 × 256 both take
+      milliseconds, and the default 2-D run (256 × 256 per step) was no faster with it.
 
     Generated points carry mass 1 and each real carries `each_real`; when there are more
     generated points than needed, a zero-cost dummy real absorbs the rest.
@@ -61,7 +61,7 @@ class ExactMatcher(Matcher):
 
     name = "exact"
     SOLVERS = ("auto", "fast", "pot")
-    AUTO_MIN_DIM = 100
+    AUTO_MIN_ENTRIES = 100_000
 
     def __init__(self, solver: str = "auto", num_itermax: int = 100_000_000, rtol: float = 1e-9,
                  warm_start: bool = True):
@@ -79,7 +79,7 @@ class ExactMatcher(Matcher):
         C = self.cost_matrix(x.double(), y.double(), cost)
         solver = self.solver
         if solver == "auto":
-            solver = "fast" if x[0].numel() >= self.AUTO_MIN_DIM else "pot"
+            solver = "fast" if C.numel() >= self.AUTO_MIN_ENTRIES else "pot"
         if solver == "pot":
             return self._to_pairs(self._emd(C, each_real), n, each_real, x.device)
         _, b, Cd = integer_marginals(C, each_real)
