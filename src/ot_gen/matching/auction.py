@@ -18,9 +18,10 @@ costs, so the phases run in two stages:
 
 - **coarse** (ε of at least `COARSE_MIN_EPS` quantisation steps): the costs rounded to
   16 bits, (C - min) / step with step = range / 65535, and integer prices in steps. A
-  row is 4× smaller than in float64, scanned with vectorised integer minima, and fetched
-  (prefetched) while the previous bid is scanned. Rounding moves a cost by at most half
-  a step, far below ε, and this stage only provides starting prices.
+  row is 4× smaller than in float64 and scanned with vectorised integer minima; the row
+  of the bidder after next is prefetched meanwhile. Rounding moves a cost by at most
+  half a step (a quarter of the smallest coarse ε), and this stage only provides
+  starting prices: exactness rests on the fine stage and its certificate.
 - **fine** (the rest, on the exact float64 costs): each person keeps a *candidate list*,
   the up to `LIST_SIZE` objects nearest its best value, and a bound below which no
   other object's value lies (values only rise: prices never fall). A bid scans its list;
