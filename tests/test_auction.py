@@ -37,22 +37,26 @@ def random_problem(rng: np.random.Generator, kind: str):
     return ot.dist(x, y), np.full(n, k)
 
 
+def check_solution(C, cap, result):
+    """Optimal (= ot.emd's cost), a valid k-to-1 assignment, the primal it reports, and a
+    certificate that holds when recomputed here from the returned prices alone."""
+    assert result.certified
+    assert np.bincount(result.assignment, minlength=len(cap)).tolist() == cap.tolist()
+    primal = C[np.arange(len(C)), result.assignment].sum()
+    assert primal == pytest.approx(result.primal, rel=1e-12, abs=1e-12)
+    dual = (C + result.prices).min(1).sum() - (cap * result.prices).sum()
+    assert dual <= primal + 1e-9 * max(1.0, abs(primal))
+    assert primal - dual <= 1e-9 * abs(primal) + 1e-9
+    reference = emd_cost(C, cap)
+    assert abs(primal - reference) <= 1e-7 * max(abs(reference), 1e-12), (primal, reference)
+
+
 @pytest.mark.parametrize("kind", ["plain", "ties", "duplicates", "scaled"])
 def test_cost_equals_emd_and_the_certificate_holds(kind):
     rng = np.random.default_rng(["plain", "ties", "duplicates", "scaled"].index(kind))
     for _ in range(40):
         C, cap = random_problem(rng, kind)
-        result = auction_transport(C, cap)
-        assert result.certified
-        assert np.bincount(result.assignment, minlength=len(cap)).tolist() == cap.tolist()
-        primal = C[np.arange(len(C)), result.assignment].sum()
-        assert primal == pytest.approx(result.primal, rel=1e-12, abs=1e-12)
-        # The certificate, recomputed here from the returned prices alone.
-        dual = (C + result.prices).min(1).sum() - (cap * result.prices).sum()
-        assert dual <= primal + 1e-9 * max(1.0, abs(primal))
-        assert primal - dual <= 1e-9 * abs(primal) + 1e-9
-        reference = emd_cost(C, cap)
-        assert abs(primal - reference) <= 1e-7 * max(abs(reference), 1e-12), (primal, reference)
+        check_solution(C, cap, auction_transport(C, cap))
 
 
 def test_uneven_capacities_negative_costs_and_a_single_real():
@@ -165,18 +169,6 @@ def test_auto_uses_the_auction_for_large_problems_and_pot_for_small_ones():
         assert ("certified" in auto.stats) == auction_used
         pot = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=2)
         assert auto.stats["matched_cost"] == pytest.approx(pot.stats["matched_cost"], rel=1e-9)
-
-
-def check_solution(C, cap, result):
-    """Optimal (= ot.emd's cost), a valid k-to-1 assignment, and a certificate that holds
-    when recomputed here from the returned prices."""
-    assert result.certified
-    assert np.bincount(result.assignment, minlength=len(cap)).tolist() == cap.tolist()
-    primal = C[np.arange(len(C)), result.assignment].sum()
-    dual = (C + result.prices).min(1).sum() - (cap * result.prices).sum()
-    assert primal - dual <= 1e-9 * abs(primal) + 1e-9
-    reference = emd_cost(C, cap)
-    assert abs(primal - reference) <= 1e-7 * max(abs(reference), 1e-12), (primal, reference)
 
 
 @pytest.mark.parametrize("contested", [False, True])

@@ -124,19 +124,23 @@ def _sift_down(price, owner, person_slot, start, size, pos):
 
 
 @njit(cache=True)
-def _take_cheapest_slot(i, j, raise_by, slot_start, cap, slot_price, slot_owner, person_slot, pmin):
-    """Person i takes object j's cheapest slot and raises its price by `raise_by`; returns
-    the displaced holder (-1 if the slot was free)."""
+def _bid(i, j, raise_by, slot_start, cap, slot_price, slot_owner, person_slot, pmin, queue, head, count):
+    """Person i takes object j's cheapest slot and raises its price by `raise_by`; the
+    displaced holder, if any, joins the back of the ring `queue` (`count` persons waiting
+    from `head`). Returns the new count."""
     start = slot_start[j]
     old = slot_owner[start]
-    if old >= 0:
-        person_slot[old] = -1
     slot_owner[start] = i
     person_slot[i] = start
     slot_price[start] = slot_price[start] + raise_by
     _sift_down(slot_price, slot_owner, person_slot, start, cap[j], 0)
     pmin[j] = slot_price[start]
-    return old
+    if old < 0:
+        return count
+    person_slot[old] = -1
+    tail = head + count
+    queue[tail if tail < len(queue) else tail - len(queue)] = old
+    return count + 1
 
 
 @njit(cache=True)
@@ -204,15 +208,30 @@ def _quantize(C, lo, step, Q):
 
 
 @njit(cache=True)
+def _row_min(row, price):
+    """min_j row[j] + price[j]: a plain reduction (LLVM vectorises it on integers)."""
+    best = row[0] + price[0]
+    for j in range(1, row.shape[0]):
+        best = min(best, row[j] + price[j])
+    return best
+
+
+@njit(cache=True, parallel=True)
+def _best_values(M, price, best):
+    """best[i] = min_j M[i, j] + price[j] for every row: C with float prices, or Q with
+    integer ones."""
+    for i in prange(M.shape[0]):
+        best[i] = _row_min(M[i], price)
+
+
+@njit(cache=True)
 def _coarse_scan(row, price):
     """(best value, second value, best object) of one row of Q at integer prices, the
     second value being that of the best OTHER object. Each pass is a plain integer
     reduction, which LLVM vectorises."""
     N = row.shape[0]
     big = np.int64(1) << 62
-    best = big
-    for j in range(N):
-        best = min(best, np.int64(row[j]) + price[j])
+    best = _row_min(row, price)
     second, ties, jbest = big, 0, N
     for j in range(N):
         v = np.int64(row[j]) + price[j]
@@ -233,17 +252,6 @@ def _prefetch_row(Q, i):
         _prefetch(row, j)
 
 
-@njit(cache=True, parallel=True)
-def _coarse_best(Q, price, best):
-    m, N = Q.shape
-    for i in prange(m):
-        row = Q[i]
-        b = np.int64(1) << 62
-        for j in range(N):
-            b = min(b, np.int64(row[j]) + price[j])
-        best[i] = b
-
-
 @njit(cache=True)
 def _coarse_bids(Q, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue, count):
     """Gauss-Seidel bidding on Q by the `count` persons in `queue` (and whoever they
@@ -257,12 +265,8 @@ def _coarse_bids(Q, slot_start, cap, slot_price, slot_owner, person_slot, pmin, 
         if count > 1:  # the bidder after next: its row arrives while two rows are scanned
             _prefetch_row(Q, queue[head + 1 if head + 1 < m else head + 1 - m])
         best, second, jbest = _coarse_scan(Q[i], pmin)
-        old = _take_cheapest_slot(i, jbest, second - best + eps, slot_start, cap, slot_price, slot_owner,
-                                  person_slot, pmin)
-        if old >= 0:
-            tail = head + count
-            queue[tail if tail < m else tail - m] = old
-            count += 1
+        count = _bid(i, jbest, second - best + eps, slot_start, cap, slot_price, slot_owner, person_slot, pmin,
+                     queue, head, count)
         bids += 1
     return bids
 
@@ -357,25 +361,10 @@ def _fine_bids(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, ep
         # value still gives a valid bid (it raises less).
         second = min(second, bound[i])
         margin = second - best if second < np.inf else 0.0  # >= 0: best <= bound[i] here
-        old = _take_cheapest_slot(i, jbest, margin + eps, slot_start, cap, slot_price, slot_owner, person_slot, pmin)
-        if old >= 0:
-            tail = head + count
-            queue[tail if tail < m else tail - m] = old
-            count += 1
+        count = _bid(i, jbest, margin + eps, slot_start, cap, slot_price, slot_owner, person_slot, pmin,
+                     queue, head, count)
         bids += 1
     return bids, reads
-
-
-@njit(cache=True, parallel=True)
-def _best_values(C, pmin, best):
-    """best[i] = min_j C[i, j] + pmin[j], from the whole matrix."""
-    m, N = C.shape
-    for i in prange(m):
-        row = C[i]
-        b = np.inf
-        for j in range(N):
-            b = min(b, row[j] + pmin[j])
-        best[i] = b
 
 
 @njit(cache=True)
@@ -445,7 +434,7 @@ def auction_transport(
         best = np.empty(m, dtype=np.int64)
         eps_q = int(eps / step)  # in steps
         while eps_q >= COARSE_MIN_EPS and phases < MAX_PHASES - 1:  # leave the fine stage a phase
-            _coarse_best(Q, price, best)
+            _best_values(Q, price, best)
             count = _restart(Q, slot_start, cap, slot_price, slot_owner, person_slot, price, best, assignment, eps_q, queue)
             bids += _coarse_bids(Q, slot_start, cap, slot_price, slot_owner, person_slot, price, eps_q, queue, count)
             _collect(slot_start, cap, slot_owner, assignment)
@@ -463,12 +452,12 @@ def auction_transport(
     ccost = np.zeros((m, min(LIST_SIZE, N)))
     ccount = np.zeros(m, dtype=np.int64)
     bound = np.empty(m)
-    width = np.full(m, max(eps, spread / COARSE_LEVELS))
+    width = np.full(m, max(eps, step))
     _rebuild_all(C, pmin, cidx, ccost, ccount, bound, width)
+    _list_best(pmin, cidx, ccost, ccount, bound, best)
     primal = dual = np.nan
     certified = False
     while phases < MAX_PHASES:
-        _list_best(pmin, cidx, ccost, ccount, bound, best)
         count = _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue)
         phase_bids, reads = _fine_bids(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue,
                                        count, cidx, ccost, ccount, bound, width)
@@ -476,7 +465,7 @@ def auction_transport(
         row_reads += reads
         phases += 1
         _collect(slot_start, cap, slot_owner, assignment)
-        _list_best(pmin, cidx, ccost, ccount, bound, best)
+        _list_best(pmin, cidx, ccost, ccount, bound, best)  # also what the next phase's restart uses
         primal, dual = _primal_dual(C, cap, pmin, best, assignment)
         if primal - dual <= rtol * abs(primal) + rounding:
             _best_values(C, pmin, best)  # the certificate, from the whole matrix
