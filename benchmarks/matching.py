@@ -1,4 +1,4 @@
-"""Exact matching: the certified auction (`matcher.solver=fast`) against POT's `ot.emd`.
+"""Exact matching: the certified auction (`matcher.solver=auction`) against POT's `ot.emd`.
 
     python benchmarks/matching.py [--data-dir ../shared/data] [--repeats 3] [--quick]
 
@@ -17,7 +17,7 @@ little). `rel_diff` is (auction cost − emd cost) / emd cost; `peak_MB` is the 
 numpy allocation during one solve (tracemalloc: POT's C++ work arrays are not counted).
 
 Then the share of an oversampled-mode round spent in matching on Fashion-MNIST (pool
-1000, k 10, d 784), from two short training runs, `matcher.solver=pot` and `fast`.
+1000, k 10, d 784), from two short training runs, `matcher.solver=pot` and `auction`.
 Ratios (emd time / auction time, measured in this same run) are printed last.
 """
 
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ot_gen.matching.auction import auction_transport  # noqa: E402
-from ot_gen.sample import load_generator  # noqa: E402
+from ot_gen.sample import load_module  # noqa: E402
 
 FASHION_RUN = [  # the OT-GAN setup at Fashion-MNIST's native 28×28 (d = 784)
     "experiment=otgan_fashion", "data.image_size=null", "network=conv28", "logger=csv",
@@ -121,10 +121,9 @@ def fashion_points(data_dir: Path, ckpt: Path, n: int, k: int, seed: int):
 
     dm = ImageDataModule("fashion_mnist", root=str(data_dir / "fashion-mnist"), n_train=n, n_val=10, seed=seed)
     dm.setup()
-    prior, generator, _ = load_generator(ckpt)
+    module, _ = load_module(ckpt)
     torch.manual_seed(seed)
-    with torch.no_grad():
-        draws = [generator(prior.sample(k * n)).flatten(1).double().numpy() for _ in range(2)]
+    draws = [module.sample(k * n).flatten(1).double().numpy() for _ in range(2)]
     return draws, dm.train_set.flatten(1).double().numpy()
 
 
@@ -159,7 +158,7 @@ def main() -> None:
         if "fashion" not in args.data:
             _report(rows, rounds)
             return
-        for solver in ("pot", "fast"):
+        for solver in ("pot", "auction"):
             rounds[solver] = train_fashion(args.data_dir, Path(tmp) / solver, solver, args.train_steps)
         ckpt = Path(tmp) / "pot" / "checkpoints" / "last.ckpt"
         for n in ns:

@@ -1,4 +1,4 @@
-"""The fast exact solver (`matcher.solver=fast`): same optimal cost as ot.emd, a valid
+"""The fast exact solver (`matcher.solver=auction`): same optimal cost as ot.emd, a valid
 k-to-1 assignment, a certificate that holds, clear refusals of bad input."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_matcher_fast_and_pot_give_the_same_optimal_cost(dtype, m, n, k):
     x = torch.randn(m, 3, generator=gen, dtype=dtype)
     y = torch.randn(n, 3, generator=gen, dtype=dtype) + 0.5
     cost = SqEuclidean()
-    fast = ExactMatcher(solver="fast")(x, y, cost, each_real=k)
+    fast = ExactMatcher(solver="auction")(x, y, cost, each_real=k)
     pot = ExactMatcher(solver="pot")(x, y, cost, each_real=k)
     for match in (fast, pot):  # spare generated points (m > k·n) go unmatched
         assert torch.bincount(match.real_idx, minlength=n).tolist() == [k] * n
@@ -96,21 +96,32 @@ def test_warm_start_from_any_prices_keeps_the_optimum():
 
 
 def test_the_matcher_remembers_prices_per_real_and_keeps_them_in_the_checkpoint():
+    """Prices are kept by training-set index: the same reals in another order (another
+    pool) start from their own prices, also after a save and load."""
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(20, 2, generator=gen)
-    matcher = ExactMatcher(solver="fast").train()
-    first = matcher(torch.randn(60, 2, generator=gen), y, SqEuclidean(), each_real=3)
+    ids = torch.arange(100, 120)  # their places in a training set of 200
+    matcher = ExactMatcher(solver="auction", n_reals=200).train()
+    first = matcher(torch.randn(60, 2, generator=gen), y, SqEuclidean(), each_real=3, real_ids=ids)
     assert first.stats["warm_started"] == 0.0
+    assert matcher.priced[ids].all() and not matcher.priced[:100].any()
     # The next round: new generated points, the same reals in another order.
-    restored = ExactMatcher(solver="fast").train()
+    restored = ExactMatcher(solver="auction", n_reals=200).train()
     restored.load_state_dict(matcher.state_dict())
+    assert torch.equal(restored.prices, matcher.prices) and torch.equal(restored.priced, matcher.priced)
     perm = torch.randperm(20, generator=gen)
     x = torch.randn(60, 2, generator=gen)
-    second = restored(x, y[perm], SqEuclidean(), each_real=3)
+    second = restored(x, y[perm], SqEuclidean(), each_real=3, real_ids=ids[perm])
     assert second.stats["warm_started"] == 1.0 and second.stats["certified"] == 1.0
-    cold = ExactMatcher(solver="fast", warm_start=False)(x, y[perm], SqEuclidean(), each_real=3)
+    cold = ExactMatcher(solver="auction", warm_start=False)(x, y[perm], SqEuclidean(), each_real=3)
     assert second.stats["matched_cost"] == pytest.approx(cold.stats["matched_cost"], rel=1e-9)
     assert cold.stats["warm_started"] == 0.0
+    assert not restored.prices[:100].any() and restored.prices[ids].abs().sum() > 0, "stored at ids only"
+    unseen = restored(x, y, SqEuclidean(), each_real=3, real_ids=torch.arange(20))
+    assert unseen.stats["warm_started"] == 0.0, "reals never solved: a cold start"
+    evaluation = ExactMatcher(solver="auction", n_reals=200).eval()
+    evaluation(x, y, SqEuclidean(), each_real=3, real_ids=ids)
+    assert not evaluation.priced.any(), "only training rounds change the prices"
 
 
 def test_a_solve_that_cannot_certify_says_so_and_falls_back_to_emd(monkeypatch):
@@ -120,7 +131,7 @@ def test_a_solve_that_cannot_certify_says_so_and_falls_back_to_emd(monkeypatch):
     C, cap = ot.dist(x.double().numpy(), y.double().numpy()), np.full(30, 3)
     assert not auction_transport(C, cap).certified
     with pytest.warns(UserWarning, match="could not certify optimality"):
-        match = ExactMatcher(solver="fast")(x, y, SqEuclidean(), each_real=3)
+        match = ExactMatcher(solver="auction")(x, y, SqEuclidean(), each_real=3)
     assert match.stats["certified"] == 0.0
     optimal = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=3)
     assert match.stats["matched_cost"] == pytest.approx(optimal.stats["matched_cost"], rel=1e-9)
@@ -147,8 +158,8 @@ def test_matcher_rejects_non_finite_points_and_bad_options():
     x = torch.randn(6, 2)
     x[2, 1] = float("nan")
     with pytest.raises(NonFiniteError, match="generated points contain NaN"):
-        ExactMatcher(solver="fast")(x, torch.randn(3, 2), SqEuclidean(), each_real=2)
-    with pytest.raises(ValueError, match="solver='simplex' is not allowed: one of auto, fast, pot"):
+        ExactMatcher(solver="auction")(x, torch.randn(3, 2), SqEuclidean(), each_real=2)
+    with pytest.raises(ValueError, match="solver='simplex' is not allowed: one of auto, auction, pot, hungarian"):
         ExactMatcher(solver="simplex")
     with pytest.raises(ValueError, match="rtol=0.01 is not allowed"):
         ExactMatcher(rtol=0.01)

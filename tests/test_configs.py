@@ -85,7 +85,7 @@ def test_the_default_config_is_the_documented_one(config):
         ("network.width=0", "network.width=0 is not allowed"),
         ("mode=oversampled +mode.kk=3", "mode.kk=3 is not allowed: a key of mode: pool_size, k,"),
         ("matcher.num_itermax=0", "matcher.num_itermax=0 is not allowed"),
-        ("matcher.solver=simplex", "matcher.solver='simplex' is not allowed: one of auto, fast, pot"),
+        ("matcher.solver=simplex", "matcher.solver='simplex' is not allowed: one of auto, auction, pot, hungarian"),
         ("matcher.rtol=0.1", "matcher.rtol=0.1 is not allowed: a relative duality gap <= 1e-6"),
         ("matcher.warm_start=maybe", "matcher.warm_start='maybe' is not allowed: true or false"),
         ("optimizer.lr=-0.1", "optimizer="),
@@ -99,7 +99,7 @@ def test_the_default_config_is_the_documented_one(config):
         ("matcher=sinkhorn matcher.reg=0", "matcher.reg=0 is not allowed: a number > 0"),
         ("matcher=nearest matcher.direction=both", "matcher.direction='both' is not allowed: one of real_to_generated"),
         ("matcher=semidiscrete", "matcher='semidiscrete' is not allowed: a matcher for mode=minibatch"),
-        ("matcher=critic trainer=ddp trainer.accelerator=cpu", "matcher='critic' is not allowed: a matcher without"),
+        ("matcher=critic trainer=ddp trainer.accelerator=cpu", "matcher='critic' is not allowed: a matcher that runs under trainer=ddp"),
         ("matcher=critic matcher.network=conv", "matcher.network='conv' is not allowed: mlp (conv needs image data)"),
         ("cost=ssim", "cost.data_range=None is not allowed: the data's value range"),
         ("data.name=moon", "data.name='moon' is not allowed: one of"),
@@ -114,7 +114,7 @@ def test_bad_values_name_key_value_and_what_is_allowed(config, override, message
 
 
 def test_an_image_folder_without_images_is_an_error_naming_it(config, tmp_path):
-    from ot_gen.data.image_files import DataFileError
+    from ot_gen.data.image_readers import DataFileError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataFileError, match=f"no image files .* under data.root={tmp_path / 'empty'}"):

@@ -58,7 +58,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_the_same_wandb_run
     assert metrics["steps"] == 200
     (first,) = (runs / "a" / "wandb").glob("offline-run-*")
     (second,) = (runs / "b" / "wandb").glob("offline-run-*")
-    assert first.name.split("-")[-1] == second.name.split("-")[-1] == saved["wandb_run_id"]
+    assert first.name.split("-")[-1] == second.name.split("-")[-1] == saved["ot_gen"]["wandb_run_id"]
 
 
 @pytest.mark.timeout(400)

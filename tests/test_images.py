@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import ROOT
 from ot_gen.data import ImageDataModule
-from ot_gen.data.image_families import FAMILIES
-from ot_gen.data.image_files import DataFileError
+from ot_gen.data.image_readers import DataFileError
+from ot_gen.data.synthetic_images import FAMILIES
 from ot_gen.errors import ConfigError
 from ot_gen.metrics import nearest
 from ot_gen.networks import DeconvGenerator

@@ -8,7 +8,7 @@ import torch
 from ot_gen.costs import SqEuclidean
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import (
-    CriticMatcher, ExactMatcher, HungarianMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,
+    CriticMatcher, ExactMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,
     SinkhornMatcher, balance_excess, round_to_assignment,
 )
 
@@ -22,7 +22,7 @@ def points(m, n, d=2, seed=0, dtype=torch.float32):
 
 def semidiscrete(y, **kw):
     matcher = SemiDiscreteMatcher(len(y), **kw)
-    matcher.attach_data(y)
+    matcher.bind(y)
     return matcher
 
 
@@ -30,7 +30,7 @@ def total(x, y, match):
     return COST.paired(x[match.gen_idx], y[match.real_idx]).sum().item()
 
 
-ASSIGNMENTS = [ExactMatcher, HungarianMatcher, RandomMatcher, lambda: SinkhornMatcher(reg=0.1)]
+ASSIGNMENTS = [ExactMatcher, lambda: ExactMatcher(solver="hungarian"), RandomMatcher, lambda: SinkhornMatcher(reg=0.1)]
 MAPS = [NearestMatcher, lambda: NearestMatcher("generated_to_real"), lambda: CriticMatcher((2,), critic_steps=5)]
 
 
@@ -156,7 +156,7 @@ def test_balance_excess_is_zero_for_the_most_even_histograms():
 
 
 ALL = {
-    "exact": ExactMatcher, "hungarian": HungarianMatcher, "random": RandomMatcher,
+    "exact": ExactMatcher, "hungarian": lambda: ExactMatcher(solver="hungarian"), "random": RandomMatcher,
     "sinkhorn": SinkhornMatcher, "nearest": NearestMatcher, "critic": lambda: CriticMatcher((2,), critic_steps=3),
 }
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ot_gen.costs import Euclidean, L1, SqEuclidean
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import (
-    CriticMatcher, ExactMatcher, HungarianMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,
+    CriticMatcher, ExactMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,
     SinkhornMatcher,
 )
 
@@ -56,8 +56,8 @@ def assert_k_to_one(match, m, n, k):
 @given(problems(), COSTS)
 def test_exact_and_hungarian_agree_and_are_valid(problem, cost):
     x, y, k = problem
-    exact = ExactMatcher(solver="fast")(x, y, cost, each_real=k)
-    hung = HungarianMatcher()(x, y, cost, each_real=k)
+    exact = ExactMatcher(solver="auction")(x, y, cost, each_real=k)
+    hung = ExactMatcher(solver="hungarian")(x, y, cost, each_real=k)
     for match in (exact, hung):
         assert_k_to_one(match, len(x), len(y), k)
     a, b = cost_of(x, y, exact, cost), cost_of(x, y, hung, cost)
@@ -78,7 +78,7 @@ def test_sinkhorn_and_random_are_always_valid_assignments(problem, cost):
 def test_maps_give_indices_in_range(problem):
     x, y, k = problem
     sd = SemiDiscreteMatcher(len(y), max_iters=5)
-    sd.attach_data(y)
+    sd.bind(y)
     for matcher in (NearestMatcher(), NearestMatcher("generated_to_real"), sd,
                     CriticMatcher((x.shape[1],), critic_steps=2).double()):
         match = matcher(x, y, SqEuclidean(), each_real=k)
@@ -88,7 +88,7 @@ def test_maps_give_indices_in_range(problem):
         assert math.isfinite(match.stats["matched_cost"])
 
 
-MATCHERS = [ExactMatcher, HungarianMatcher, RandomMatcher, SinkhornMatcher, NearestMatcher,
+MATCHERS = [ExactMatcher, lambda: ExactMatcher(solver="hungarian"), RandomMatcher, SinkhornMatcher, NearestMatcher,
             lambda: CriticMatcher((3,), critic_steps=1).double()]
 
 

@@ -9,9 +9,9 @@ import torch
 
 from ot_gen.costs import Euclidean, SqEuclidean
 from ot_gen.errors import NonFiniteError, SolverError
-from ot_gen.matching import ExactMatcher, HungarianMatcher, identity_pairs
+from ot_gen.matching import ExactMatcher, identity_pairs
 
-MATCHERS = [ExactMatcher(solver="fast"), ExactMatcher(solver="pot"), HungarianMatcher()]
+MATCHERS = [ExactMatcher(solver="auction"), ExactMatcher(solver="pot"), ExactMatcher(solver="hungarian")]
 COST = SqEuclidean()
 
 
@@ -53,15 +53,15 @@ def test_more_generated_than_needed_gives_distinct_best_partners(matcher):
     assert match.stats["generated_used"] == pytest.approx(40 / 120)
     # Optimal: no unused generated point would be a cheaper partner for a real after swapping
     # everything; checked against the Hungarian solution of the same rectangular problem.
-    assert total_cost(x, y, match) == pytest.approx(total_cost(x, y, HungarianMatcher()(x, y, COST)), rel=1e-6)
+    assert total_cost(x, y, match) == pytest.approx(total_cost(x, y, ExactMatcher(solver="hungarian")(x, y, COST)), rel=1e-6)
 
 
 @pytest.mark.parametrize("m,n,k", [(50, 50, 1), (90, 30, 3), (70, 30, 2), (33, 11, 1)])
 @pytest.mark.parametrize("seed", range(4))
 def test_exact_and_hungarian_find_the_same_optimal_cost(m, n, k, seed):
     x, y = points(m, n, d=3, seed=seed, dtype=torch.float64)
-    exact = ExactMatcher(solver="fast")(x, y, COST, each_real=k)
-    hung = HungarianMatcher()(x, y, COST, each_real=k)
+    exact = ExactMatcher(solver="auction")(x, y, COST, each_real=k)
+    hung = ExactMatcher(solver="hungarian")(x, y, COST, each_real=k)
     assert total_cost(x, y, exact) == pytest.approx(total_cost(x, y, hung), rel=1e-9)
 
 

@@ -16,7 +16,7 @@ def test_resumed_run_continues_the_same_wandb_run(config, tmp_path):
     first = config("logger=wandb", *MINI)
     run(first)
     ckpt = ROOT / first.paths.output_dir / "checkpoints" / "last.ckpt"
-    run_id = torch.load(ckpt, map_location="cpu", weights_only=False)["wandb_run_id"]
+    run_id = torch.load(ckpt, map_location="cpu", weights_only=False)["ot_gen"]["wandb_run_id"]
     second = config("logger=wandb", *MINI, "trainer.max_steps=28", f"ckpt_path={ckpt}")
     run(second)
     (resumed,) = (ROOT / second.paths.output_dir / "wandb").glob("offline-run-*")
@@ -47,4 +47,5 @@ def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(config, tm
                 assert same, f"{name}.{key}"
         else:
             assert torch.equal(value, other), name
-    assert torch.equal(state_a["rng_states"]["torch"], state_b["rng_states"]["torch"])
+    assert torch.equal(state_a["ot_gen"]["rng_states"]["torch"], state_b["ot_gen"]["rng_states"]["torch"])
+    assert state_a["ToyDataModule"] == state_b["ToyDataModule"] == {"rounds_served": 28}

@@ -7,9 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
 
-from conftest import ROOT, python_env
-from ot_gen.sample import main, write_samples
+from conftest import CONF, ROOT, python_env
+from ot_gen.sample import sample, write_samples
 from ot_gen.train import run
 
 TINY = ["trainer.max_steps=10", "mode.val_every_rounds=5", "eval.n_generated=0"]
@@ -44,12 +48,34 @@ def test_export_of_images_is_in_the_data_value_range(config, tmp_path):
     assert (tmp_path / "grid.png").is_file()
 
 
+def sample_config(*overrides: str):
+    """conf/sample.yaml composed as `python -m ot_gen.sample <overrides>` composes it."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("sample", overrides=list(overrides))
+
+
 @pytest.mark.parametrize("args,message", [
     (["n=10"], "ckpt_path=None is not allowed"),
     (["ckpt_path=/no/file.ckpt"], "ckpt_path='/no/file.ckpt' is not allowed: an existing checkpoint file"),
-    (["ckpt_path=x", "n=0"], "n=0 is not allowed: an integer >= 1"),
-    (["ckpt=x"], "argument='ckpt=x' is not allowed: key=value with a key of ckpt_path"),
+    ([f"ckpt_path={__file__}", "n=0"], "n=0 is not allowed: an integer >= 1"),
+    ([f"ckpt_path={__file__}", "device=tpu"], "device='tpu' is not allowed: one of auto, cpu, cuda"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
-    assert main(args) == 2
+    assert sample(sample_config(*args)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_unknown_argument_is_refused_by_hydra_as_in_train_py():
+    with pytest.raises(ConfigCompositionException, match="Could not override 'ckpt'"):
+        sample_config("ckpt=x")
+    proc = subprocess.run([sys.executable, "-m", "ot_gen.sample", "ckpt=x"], cwd=ROOT, env=python_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Key 'ckpt' is not in struct" in proc.stderr
+    assert not (ROOT / "outputs" / "sample").exists() and not (ROOT / "sample.log").exists()
+
+
+def test_a_checkpoint_without_a_run_record_is_named(tmp_path, capsys):
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    assert sample(sample_config(f"ckpt_path={tmp_path / 'other.ckpt'}", f"out={tmp_path / 'x.npy'}")) == 1
+    assert f"checkpoint {tmp_path / 'other.ckpt'} was not written by ot_gen training" in capsys.readouterr().err

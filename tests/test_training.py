@@ -92,7 +92,7 @@ def test_resume_from_checkpoint_continues_the_run(config):
     run(first)
     ckpt = ROOT / first.paths.output_dir / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert state["ot_gen_config"]["prior"]["_target_"].endswith("GaussianMixturePrior")
+    assert state["ot_gen"]["config"]["prior"]["_target_"].endswith("GaussianMixturePrior")
     resumed = config(*MODES["oversampled"], "prior=gmm", "trainer.max_steps=160", f"ckpt_path={ckpt}",
                      "seed=5")  # another seed: the centres must come from the checkpoint
     module, data, trainer = build(resumed)

@@ -6,7 +6,8 @@ run's own training split and labels, once per run, and the Fréchet distance bet
 Gaussians fitted to its penultimate-layer features of generated and held-out images is
 logged as `val/frechet_classifier`, with the classifier's held-out accuracy as
 `val/classifier_accuracy` (how much its features are worth). Values are comparable only
-between runs on the same data set with the same classifier settings and seed.
+between runs on the same data set with the same classifier settings and seed. The
+distance itself is torchmetrics' `FrechetInceptionDistance` given our feature network.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from ot_gen.callbacks import own_rng
 from ot_gen.errors import check_positive_int
+from ot_gen.rng import own_rng
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class SmallClassifier(nn.Module):
 
     def __init__(self, channels: int, n_classes: int, features: int = 64):
         super().__init__()
+        self.num_features = features
         self.body = nn.Sequential(
             nn.Conv2d(channels, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, features), nn.ReLU(),
@@ -61,18 +64,31 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 40
     return model.eval()
 
 
+class Features(nn.Module):
+    """A feature network as torchmetrics' feature extractor: float64 features, `num_features` wide."""
+
+    def __init__(self, net: nn.Module, num_features: int):
+        super().__init__()
+        self.net, self.num_features = net, num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).double()
+
+
+def frechet_metric(net: nn.Module, num_features: int) -> FrechetInceptionDistance:
+    """torchmetrics' Fréchet distance in the output space of `net`; the real set's statistics
+    are kept across `reset()` (held-out images are scored once, generated ones each time)."""
+    return FrechetInceptionDistance(Features(net, num_features), reset_real_features=False)
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """|mu_a − mu_b|² + Tr(S_a + S_b − 2 (S_a S_b)^{1/2}) between Gaussians fitted to the
-    rows of a and b (float64)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu = a.mean(0) - b.mean(0)
-    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    # Tr (S_a S_b)^{1/2} = Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}, a symmetric PSD matrix: by
-    # eigenvalues, stable when a covariance is singular (dead ReLU features).
-    w, v = np.linalg.eigh(sa)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0, None)).sum()
-    return float(max(mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * cross, 0.0))
+    rows of a and b (float64), by torchmetrics."""
+    a, b = torch.as_tensor(np.asarray(a, np.float64)), torch.as_tensor(np.asarray(b, np.float64))
+    metric = frechet_metric(nn.Identity(), a.shape[1])
+    metric.update(b, real=True)
+    metric.update(a, real=False)
+    return max(float(metric.compute()), 0.0)
 
 
 class ClassifierFrechet(L.Callback):
@@ -89,12 +105,14 @@ class ClassifierFrechet(L.Callback):
         self.max_train = check_positive_int("max_train", max_train)
         self.seed = int(seed)
         self.model: SmallClassifier | None = None
-        self._real_features: np.ndarray | None = None
+        self.metric: FrechetInceptionDistance | None = None
+        self._n_real = 0
         self._accuracy = 0.0
         self._prepared = False
 
     def _prepare(self, trainer: L.Trainer, pl_module) -> None:
-        """Train the classifier once, at the first validation (the module is on its device)."""
+        """Train the classifier once, at the first validation (the module is on its device),
+        and score the held-out images."""
         self._prepared = True
         dm = trainer.datamodule
         if dm is None or dm.train_set.dim() != 4 or getattr(dm, "train_labels", None) is None or dm.val_labels is None:
@@ -104,9 +122,11 @@ class ClassifierFrechet(L.Callback):
         with torch.enable_grad(), torch.inference_mode(False):
             self.model = train_classifier(images, labels, self.steps, seed=self.seed)
         held, held_labels = dm.val_set[: self.n_samples].to(device), dm.val_labels[: self.n_samples]
+        self.metric = frechet_metric(self.model.body, self.model.num_features).to(device)
         with torch.no_grad():
             self._accuracy = (self.model(held).argmax(1).cpu() == held_labels).double().mean().item()
-            self._real_features = self.model.features(held).double().cpu().numpy()
+            self.metric.update(held, real=True)
+        self._n_real = len(held)
         log.info("classifier for val/frechet_classifier: held-out accuracy %.3f", self._accuracy)
 
     @torch.no_grad()
@@ -115,14 +135,15 @@ class ClassifierFrechet(L.Callback):
             return
         if not self._prepared:
             self._prepare(trainer, pl_module)
-        if self.model is None:
+        if self.metric is None:
             return
-        self.model.to(pl_module.device)
+        self.metric.to(pl_module.device)
         with own_rng(pl_module.device, self.seed):
-            fake = pl_module.sample(len(self._real_features))
-        features = self.model.features(fake).double().cpu().numpy()
+            fake = pl_module.sample(self._n_real)
+        self.metric.reset()  # the generated images' statistics; the held-out ones stay
+        self.metric.update(fake, real=False)
         pl_module.log_dict(
-            {"val/frechet_classifier": frechet_distance(features, self._real_features),
+            {"val/frechet_classifier": max(float(self.metric.compute()), 0.0),
              "val/classifier_accuracy": self._accuracy},
             sync_dist=True,
         )

@@ -1,8 +1,10 @@
 """The two training modes: what one round of training is made of.
 
 Built from `conf/mode/*.yaml` by Hydra's `_target_`; each checks its own values. The
-LightningModule runs one round per training batch (`val_every_rounds` sets how often the
-validation metrics are computed, in rounds).
+LightningModule hands every batch of reals to `mode.round(module, y, ids)`; a mode uses
+the module's parts (prior, generator, matcher, optimizer step) and returns the round's
+figures. `reals_per_round` is the data module's batch size; `val_every_rounds` sets how
+often the validation metrics are computed, in rounds.
 """
 
 from __future__ import annotations
@@ -10,32 +12,65 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ot_gen.errors import check_choice, check_positive_int
+import torch
+
+from ot_gen.errors import check, check_choice, check_positive_int
+
+
+class Mode:
+    """What every mode answers: its name (for `matcher.modes`), the reals one round
+    takes (and the config key that sets them), and one round of training."""
+
+    name: str
+    reals_key: str  # the key of conf/mode/<name>.yaml that sets reals_per_round
+
+    @property
+    def reals_per_round(self) -> int:
+        return getattr(self, self.reals_key)
+
+    def check_data(self, n_train: int, data_name: str) -> None:
+        """A round cannot take more reals than the training set holds."""
+        check(self.reals_per_round <= n_train, f"mode.{self.reals_key}", self.reals_per_round,
+              f"at most the {n_train} training points of data={data_name}")
+
+    def round(self, module, y: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
+        """One round on the reals `y` (training-set indices `ids`); returns its figures,
+        `matched_cost` among them."""
+        raise NotImplementedError
 
 
 @dataclass
-class Minibatch:
+class Minibatch(Mode):
     """n reals, ratio·n generated, matched (each real takes its best distinct generated
-    point), then ONE optimizer step on the mean cost of the matched pairs."""
+    point), then ONE optimizer step on the mean cost of the matched pairs. Under DDP each
+    rank matches its own batch."""
 
     batch_size: int = 256
     ratio: int = 1
     val_every_rounds: int = 250
+
+    name = "minibatch"
+    reals_key = "batch_size"
 
     def __post_init__(self):
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("ratio", self.ratio)
         check_positive_int("val_every_rounds", self.val_every_rounds)
 
-    @property
-    def reals_per_round(self) -> int:
-        return self.batch_size
+    def round(self, module, y, ids):
+        x = module.generator(module.prior.sample(self.ratio * len(y)))
+        module.check_finite(x, "generated points")
+        y, match = module.match(x, y, ids, each_real=1)
+        loss = module.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
+        module.step(loss)
+        return {**match.stats, "loss": loss.item(), "reals_in_solve": float(len(y))}
 
 
 @dataclass
-class Oversampled:
+class Oversampled(Mode):
     """A pool of reals, k·pool generated, an exact k-to-1 assignment, then `fit_epochs`
     passes of minibatch regression over all k·pool pairs (the OT-GAN paper's method).
+    Under DDP the ranks' points and pools form ONE assignment (`module.match_across_ranks`).
 
     `k_schedule=sqrt` grows k from `k_start` to `k` over `k_ramp_rounds` rounds as
     k_start + (k - k_start)·sqrt(round / k_ramp_rounds); `constant` uses k throughout.
@@ -50,6 +85,9 @@ class Oversampled:
     k_ramp_rounds: int = 50
     val_every_rounds: int = 5
 
+    name = "oversampled"
+    reals_key = "pool_size"
+
     def __post_init__(self):
         check_positive_int("pool_size", self.pool_size)
         check_positive_int("k", self.k)
@@ -60,12 +98,24 @@ class Oversampled:
         check_positive_int("k_ramp_rounds", self.k_ramp_rounds)
         check_positive_int("val_every_rounds", self.val_every_rounds)
 
-    @property
-    def reals_per_round(self) -> int:
-        return self.pool_size
-
     def k_at(self, round_index: int) -> int:
         if self.k_schedule == "constant" or self.k_start >= self.k:
             return self.k
         frac = min(1.0, round_index / self.k_ramp_rounds)
         return int(round(self.k_start + (self.k - self.k_start) * math.sqrt(frac)))
+
+    def round(self, module, y, ids):
+        k = self.k_at(int(module.rounds))
+        z = module.prior.sample(k * len(y))
+        x = module.generate(z)
+        module.check_finite(x, "generated points")
+        z, y, match = module.match_across_ranks(z, x, y, ids, each_real=k)
+        z_pairs, y_pairs = z[match.gen_idx], y[match.real_idx]
+        for _ in range(self.fit_epochs):
+            losses = []  # train/loss: the mean over the round's last pass
+            order = torch.randperm(len(z_pairs), device=z_pairs.device)
+            for idx in order.split(self.fit_batch_size):
+                loss = module.cost.paired(module.generator(z_pairs[idx]), y_pairs[idx]).mean()
+                module.step(loss)
+                losses.append(loss.detach())
+        return {**match.stats, "loss": torch.stack(losses).mean().item(), "k": k, "reals_in_solve": float(len(y))}

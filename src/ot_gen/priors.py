@@ -1,7 +1,9 @@
 """Latent priors: the simple distributions a generator maps to data.
 
 Each prior is an `nn.Module` so its state (the mixture's centres) lives in the
-checkpoint; `sample(n)` draws from torch's global RNG, which `seed` fixes for a run.
+checkpoint; `sample(n)` draws from torch's global RNG, which `seed` fixes for a run. Every
+prior is a uniform mixture of isotropic Gaussians (one component for `gaussian`) and says
+so: `centres` (components, dim) and `noise_std`. The latent pictures need nothing else.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from ot_gen.errors import check, check_positive, check_positive_int
 
 
 class Prior(nn.Module):
-    """A distribution over R^dim with `sample(n) -> (n, dim)`."""
+    """A distribution over R^dim with `sample(n) -> (n, dim)`: a uniform mixture of
+    Gaussians N(c, noise_std² I) over the rows c of the tensor `centres`."""
+
+    centres: torch.Tensor
+    noise_std: float
 
     def __init__(self, dim: int):
         super().__init__()
@@ -30,7 +36,8 @@ class GaussianPrior(Prior):
 
     def __init__(self, dim: int, std: float = 1.0):
         super().__init__(dim)
-        self.std = check_positive("std", std)
+        self.std = self.noise_std = check_positive("std", std)
+        self.register_buffer("centres", torch.zeros(1, dim), persistent=False)
 
     def sample(self, n: int) -> torch.Tensor:
         return self.std * torch.randn(n, self.dim, device=self._anchor.device)
@@ -46,7 +53,7 @@ class GaussianMixturePrior(Prior):
     def __init__(self, dim: int, n_components: int, sigma: float, seed: int = 0):
         super().__init__(dim)
         self.n_components = check_positive_int("n_components", n_components)
-        self.sigma = check_positive("sigma", sigma)
+        self.sigma = self.noise_std = check_positive("sigma", sigma)
         gen = torch.Generator().manual_seed(int(seed))
         self.register_buffer("centres", torch.randn(n_components, dim, generator=gen))
 
@@ -58,16 +65,24 @@ class GaussianMixturePrior(Prior):
 
 class MixedPrior(Prior):
     """Varga's mixed prior: N(0, std² I) in `dim` dims, of which the last `bool_dims`
-    are shifted by independent fair 0/1 coin flips (2^bool_dims discrete modes)."""
+    are shifted by independent fair 0/1 coin flips (2^bool_dims discrete modes; `centres`
+    lists the first `MAX_LISTED_CENTRES` of them)."""
+
+    MAX_LISTED_CENTRES = 4096
 
     def __init__(self, dim: int, bool_dims: int, std: float = 1.0):
         super().__init__(dim)
-        self.std = check_positive("std", std)
+        self.std = self.noise_std = check_positive("std", std)
         check(
             isinstance(bool_dims, int) and 0 <= bool_dims <= dim,
             "bool_dims", bool_dims, f"an integer in [0, dim={dim}]",
         )
         self.bool_dims = bool_dims
+        count = min(2**bool_dims, self.MAX_LISTED_CENTRES)
+        centres = torch.zeros(count, dim)
+        bits = (torch.arange(count)[:, None] >> torch.arange(bool_dims)) & 1
+        centres[:, dim - bool_dims :] = bits.float()
+        self.register_buffer("centres", centres, persistent=False)
 
     def sample(self, n: int) -> torch.Tensor:
         z = self.std * torch.randn(n, self.dim, device=self._anchor.device)

@@ -1,11 +1,14 @@
-"""Write N samples of a trained generator to a .npy file (and optionally a PNG):
+"""Write N samples of a trained generator to a .npy file (and optionally a PNG): a Hydra
+entry point like train.py, configured by conf/sample.yaml.
 
     python -m ot_gen.sample ckpt_path=PATH n=100000 out=samples.npy [png=grid.png]
                             [batch=10000] [device=auto|cpu|cuda] [seed=0]
 
-The array has shape (N, *data_shape) in the data's value range (images are clamped to
-it). Samples are generated `batch` at a time straight into a memory-mapped .npy file, so
-100,000 CIFAR-size samples never sit in memory at once.
+The module is rebuilt from the run record in the checkpoint (its config and the data's
+description) by `train.build_module`, the code that built it for training, and loaded
+whole. The array has shape (N, *data_shape) in the data's value range (images are
+clamped to it). Samples are generated `batch` at a time straight into a memory-mapped
+.npy file, so 100,000 CIFAR-size samples never sit in memory at once.
 """
 
 from __future__ import annotations
@@ -16,42 +19,36 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from ot_gen import checkpoints
+from ot_gen import checkpoints, run_record
 from ot_gen.errors import ConfigError, OTGenError, check, check_choice, check_positive_int
-
-USAGE = "usage: python -m ot_gen.sample ckpt_path=PATH n=100000 out=samples.npy [png=grid.png] [batch=10000]"
-DEFAULTS = {"ckpt_path": None, "n": 100_000, "out": "samples.npy", "png": None, "batch": 10_000,
-            "device": "auto", "seed": 0}
+from ot_gen.module import OTGenerator
+from ot_gen.train import build_module, instantiate_group
 
 
-def load_generator(ckpt_path: str | Path, device: str = "cpu"):
-    """(prior, generator, data info) rebuilt from a training checkpoint, in eval mode."""
+def load_module(ckpt_path: str | Path, device: str = "cpu") -> tuple[OTGenerator, run_record.DataInfo]:
+    """(the trained module in eval mode, the description of its data) from a checkpoint."""
     ckpt = checkpoints.load(ckpt_path)
-    if "ot_gen_config" not in ckpt or "ot_gen_data" not in ckpt:
-        raise checkpoints.CheckpointError(f"checkpoint {ckpt_path} was not written by ot_gen training")
-    cfg, data = OmegaConf.create(ckpt["ot_gen_config"]), ckpt["ot_gen_data"]
-    prior = hydra.utils.instantiate(cfg.prior)
-    generator = hydra.utils.instantiate(cfg.network, out_shape=tuple(data["shape"]))
-    state = ckpt["state_dict"]
-    for name, module in (("prior", prior), ("generator", generator)):
-        module.load_state_dict({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")})
-    return prior.to(device).eval(), generator.to(device).eval(), data
+    record = run_record.read(ckpt, ckpt_path)
+    cfg = OmegaConf.create(record.config)
+    module = build_module(cfg, instantiate_group("mode", cfg.mode), record.data)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.to(device).eval(), record.data
 
 
 @torch.no_grad()
 def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cpu", seed: int = 0,
                   png=None) -> np.ndarray:
-    prior, generator, data = load_generator(ckpt_path, device)
+    module, data = load_module(ckpt_path, device)
     torch.manual_seed(seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, *data["shape"]))
+    array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, *data.shape))
     for start in range(0, n, batch):
-        x = generator(prior.sample(min(batch, n - start)))
-        if data["value_range"] is not None:
-            x = x.clamp(*data["value_range"])
+        x = module.sample(min(batch, n - start))
+        if data.value_range is not None:
+            x = x.clamp(*data.value_range)
         array[start : start + len(x)] = x.float().cpu().numpy()
     array.flush()
     if png is not None:
@@ -59,12 +56,12 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
     return array
 
 
-def _picture(x: torch.Tensor, data: dict, path: Path) -> None:
+def _picture(x: torch.Tensor, data: run_record.DataInfo, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if x.dim() == 4:
         from torchvision.utils import save_image
 
-        lo, hi = data["value_range"]
+        lo, hi = data.value_range
         save_image((x[:64] - lo) / (hi - lo), path, nrow=8, pad_value=1.0)
         return
     from matplotlib.figure import Figure
@@ -78,25 +75,31 @@ def _picture(x: torch.Tensor, data: dict, path: Path) -> None:
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
-def main(argv: list[str]) -> int:
+def sample(cfg: DictConfig) -> int:
+    """The task: check every argument, write the samples; a mistake is one line on stderr
+    (exit code 2), a damaged checkpoint too (exit code 1)."""
     try:
-        unknown = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in DEFAULTS]
-        check(not unknown, "argument", " ".join(unknown), f"key=value with a key of {', '.join(DEFAULTS)}")
-        args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv))
-        check(args.ckpt_path is not None, "ckpt_path", None, "a checkpoint file (checkpoints/last.ckpt of a run)")
-        check_positive_int("n", args.n)
-        check_positive_int("batch", args.batch)
-        device = check_choice("device", args.device, ["auto", "cpu", "cuda"])
+        check(cfg.ckpt_path is not None, "ckpt_path", None, "a checkpoint file (checkpoints/last.ckpt of a run)")
+        check(Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path, "an existing checkpoint file")
+        check_positive_int("n", cfg.n)
+        check_positive_int("batch", cfg.batch)
+        device = check_choice("device", cfg.device, ["auto", "cpu", "cuda"])
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        check(Path(args.ckpt_path).is_file(), "ckpt_path", args.ckpt_path, "an existing checkpoint file")
-        array = write_samples(args.ckpt_path, args.n, args.out, args.batch, device, args.seed, args.png)
+        array = write_samples(cfg.ckpt_path, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png)
     except OTGenError as e:
-        print(f"{type(e).__name__}: {e}\n{USAGE}", file=sys.stderr)
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
-    print(f"wrote {args.out}: {array.shape} float32" + (f", and {args.png}" if args.png else ""))
+    print(f"wrote {cfg.out}: {array.shape} float32" + (f", and {cfg.png}" if cfg.png else ""))
     return 0
 
 
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    code = sample(cfg)
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

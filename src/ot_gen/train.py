@@ -20,14 +20,14 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ot_gen import checkpoints
-from ot_gen.callbacks import unseen_sample_pictures
+from ot_gen import checkpoints, run_record
 from ot_gen.costs import Cost
 from ot_gen.errors import ConfigError, OTGenError, check
 from ot_gen.matching import Matcher
 from ot_gen.metrics import unseen_sample_distances
-from ot_gen.modes import Oversampled
+from ot_gen.modes import Mode
 from ot_gen.module import OTGenerator
+from ot_gen.pictures import unseen_sample_pictures
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,11 @@ def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dic
             for name, node in (nodes or {}).items()]
 
 
-def _resumed_wandb_run(cfg: DictConfig, ckpt: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def _resumed_wandb_run(cfg: DictConfig, record: run_record.Record | None) -> dict[str, dict[str, Any]]:
     """When resuming from a checkpoint written by a W&B run, continue that run."""
-    if ckpt is None or "wandb" not in (cfg.get("logger") or {}):
+    if record is None or not record.wandb_run_id or "wandb" not in (cfg.get("logger") or {}):
         return {}
-    run_id = ckpt.get("wandb_run_id")
-    return {"wandb": {"id": run_id, "resume": "allow"}} if run_id else {}
+    return {"wandb": {"id": record.wandb_run_id, "resume": "allow"}}
 
 
 def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Trainer]:
@@ -74,20 +73,30 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     _check_sweep_direction(cfg)
     # `last` -> the newest last.ckpt of this task; a bad file fails now
     ckpt_path, ckpt = checkpoints.resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir).parent)
+    record = None if ckpt is None else run_record.read(ckpt, ckpt_path)
     with open_dict(cfg):
         cfg.ckpt_path = ckpt_path
-    data = instantiate_group("data", cfg.data)
     mode = instantiate_group("mode", cfg.mode)
-    data.setup()
-    n_train = len(data.train_set)
-    key = "mode.pool_size" if isinstance(mode, Oversampled) else "mode.batch_size"
-    check(mode.reals_per_round <= n_train, key, mode.reals_per_round,
-          f"at most the {n_train} training points of data={cfg.data.get('name', cfg.data.get('source'))}")
-    data.set_reals_per_round(mode.reals_per_round)
+    data = instantiate_group("data", cfg.data, batch_size=mode.reals_per_round)
+    data.setup("fit")  # the data's shape and size decide the network's and the matcher's
+    mode.check_data(len(data.train_set), cfg.data.get("name", cfg.data.get("source")))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = build_module(cfg, mode, run_record.DataInfo.of(data))
+    callbacks = [run_record.RunRecord(config), *_instantiate_all("callbacks", cfg.get("callbacks"))]
+    loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg, record))
+    trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(config)
+    return module, data, trainer
+
+
+def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGenerator:
+    """The LightningModule of a run config, for data of that description: training builds
+    it from the loaded data, `python -m ot_gen.sample` from a checkpoint's run record."""
     prior = instantiate_group("prior", cfg.prior)
     in_dim = cfg.network.get("in_dim", prior.dim)
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
-    generator = instantiate_group("network", cfg.network, out_shape=data.data_shape)
+    generator = instantiate_group("network", cfg.network, out_shape=data.shape)
     cost, match_cost = _costs(cfg)
     matcher = _matcher(cfg, mode, data)
     optimizer = hydra.utils.instantiate(cfg.optimizer)
@@ -96,15 +105,7 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     except (ValueError, TypeError) as e:
         raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    config = OmegaConf.to_container(cfg, resolve=True)
-    module = OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, config=config,
-                         match_cost=match_cost)
-    callbacks = _instantiate_all("callbacks", cfg.get("callbacks"))
-    loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg, ckpt))
-    trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for lg in loggers:
-        lg.log_hyperparams(config)
-    return module, data, trainer
+    return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
 
 
 def _check_sweep_direction(cfg: DictConfig) -> None:
@@ -126,17 +127,12 @@ def _costs(cfg: DictConfig) -> tuple[Cost, Cost | None]:
     return cost, match_cost
 
 
-def _matcher(cfg: DictConfig, mode, data) -> Matcher:
-    """The matcher, given what it needs of the data (its shape, its size), after checking
-    that it makes sense in the chosen mode."""
+def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> Matcher:
+    """The matcher, after it agreed to the mode and the strategy, given what it asks of
+    the data (constructor arguments `data_shape`, `n_reals`)."""
     target = hydra.utils.get_object(cfg.matcher._target_)
-    mode_name = "oversampled" if isinstance(mode, Oversampled) else "minibatch"
-    check(mode_name in target.modes, "matcher", target.name,
-          f"a matcher for mode={mode_name}; {target.name} runs in mode={' or mode='.join(target.modes)}")
-    ddp = str(cfg.trainer.get("strategy", "auto")).startswith("ddp")
-    check(not (ddp and target.name == "critic"), "matcher", target.name,
-          "a matcher without its own network under trainer=ddp (the critic trains outside DDP's forward)")
-    known = {"data_shape": data.data_shape, "n_reals": len(data.train_set)}
+    target.check_run(mode.name, distributed=str(cfg.trainer.get("strategy", "auto")).startswith("ddp"))
+    known = {"data_shape": data.shape, "n_reals": data.n_train}
     params = inspect.signature(target).parameters
     return instantiate_group("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})
 

@@ -1,39 +1,45 @@
-"""The LightningDataModule: a training set, a held-out set, and reals per round.
+"""The LightningDataModule: a training set, a held-out set, and the reals of each round.
 
-One round of training takes `batch_size` reals: the minibatch size in the minibatch mode,
-the pool size in the oversampled mode (`train.build` refuses more than the training set).
-`train.run` sets it from the mode, so the data config never repeats it.
+One round of training takes `batch_size` reals with their training-set indices (per-real
+matcher state is kept by index): the minibatch size in the minibatch mode, the pool size in
+the oversampled mode. `train.build` passes the mode's `reals_per_round`, so the data
+config never repeats it.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchvision.transforms.v2 import functional as TF
 
-from ot_gen.data import image_families, image_files, toy
+from ot_gen.data import image_readers, synthetic_images, toy
 from ot_gen.errors import check, check_choice, check_positive_int
 
 log = logging.getLogger(__name__)
 
 
 class OTDataModule(L.LightningDataModule):
-    """Base: subclasses fill `self.train_set` / `self.val_set` (tensors) in `_make`."""
+    """Base: subclasses fill `self.train_set` / `self.val_set` (tensors) in `_make`.
+
+    Its state (in every checkpoint) is the number of training batches it has served: the
+    sampler's position, from which a resumed run continues the same data order."""
 
     value_range: tuple[float, float] | None = None  # images: the pixel range; None: not images
 
-    def __init__(self, n_train: int | None, n_val: int, seed: int = 0, num_workers: int = 0):
+    def __init__(self, n_train: int | None, n_val: int, seed: int = 0, num_workers: int = 0,
+                 batch_size: int = 256):
         super().__init__()
         self.n_train = None if n_train is None else check_positive_int("n_train", n_train)
         self.n_val = check_positive_int("n_val", n_val, minimum=2)
         self.seed = int(seed)
         self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
-        self.batch_size: int | None = None
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.rounds_served = 0
         self.train_set: torch.Tensor | None = None
         self.val_set: torch.Tensor | None = None
         # Class labels of train_set / val_set when the source has them (image data sets);
@@ -44,15 +50,9 @@ class OTDataModule(L.LightningDataModule):
     # -- what the rest of the code asks of data -------------------------------------------
     @property
     def data_shape(self) -> tuple[int, ...]:
-        self.setup()
+        if self.train_set is None:
+            raise RuntimeError("the data module has no data yet: call setup() first")
         return tuple(self.train_set.shape[1:])
-
-    def set_reals_per_round(self, n: int) -> int:
-        """Reals per training round; capped at the training set size. Returns the value used."""
-        check_positive_int("batch_size", n)
-        self.setup()
-        self.batch_size = min(n, len(self.train_set))
-        return self.batch_size
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Images mapped to [0, 1] for display and pixel-scale distances; other data as is."""
@@ -68,28 +68,37 @@ class OTDataModule(L.LightningDataModule):
     def _make(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # -- Lightning's loaders ---------------------------------------------------------------
+    # -- Lightning's loaders and the sampler's position -------------------------------------
     def train_dataloader(self) -> DataLoader:
-        if self.batch_size is None:
-            raise RuntimeError("set_reals_per_round() must be called before training")
+        """Batches (reals, their training-set indices), `batch_size` of them (at most the
+        training set), in an order that depends only on the seed and `rounds_served`."""
+        n = len(self.train_set)
+        batch_size = min(self.batch_size, n)
         return DataLoader(
-            TensorDataset(self.train_set),
-            batch_size=self.batch_size,
+            TensorDataset(self.train_set, torch.arange(n)),
+            batch_size=batch_size,
             # Under DDP one round takes batch_size reals on each of the W ranks.
-            sampler=EpochShuffle(len(self.train_set), self.batch_size * self._world_size(), self.seed,
-                                 self._rounds_done),
+            sampler=EpochShuffle(n, batch_size * self._world_size(), self.seed, lambda: self.rounds_served),
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
         )
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches that reach the module (not those a loader prefetched)."""
+        if self.trainer is not None and self.trainer.training:
+            self.rounds_served += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds_served": self.rounds_served}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rounds_served = int(state_dict["rounds_served"])
+
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
-
-    def _rounds_done(self) -> int:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return int(getattr(module, "rounds", 0))
 
     def val_dataloader(self) -> DataLoader:
         # One batch: the validation metrics compare whole samples, not batch averages.
@@ -99,17 +108,17 @@ class OTDataModule(L.LightningDataModule):
 
 class EpochShuffle(Sampler[int]):
     """A random order per pass over the data that depends only on (seed, pass index),
-    never on the global RNG. The pass and the position in it are counted from the
-    training rounds done (`rounds_done()`), not from Lightning's epoch counter: a run
-    resumed from a checkpoint taken mid-pass yields only the rest of that pass, in the
-    same order, so it sees exactly the data the uninterrupted run would have seen."""
+    never on the global RNG. The pass and the position in it are counted from the rounds
+    already served (`rounds_served()`), not from Lightning's epoch counter: a run resumed
+    from a checkpoint taken mid-pass yields only the rest of that pass, in the same order,
+    so it sees exactly the data the uninterrupted run would have seen."""
 
-    def __init__(self, n: int, reals_per_round: int, seed: int, rounds_done: Callable[[], int]):
-        self.n, self.batch_size, self.seed, self.rounds_done = n, reals_per_round, seed, rounds_done
+    def __init__(self, n: int, reals_per_round: int, seed: int, rounds_served: Callable[[], int]):
+        self.n, self.batch_size, self.seed, self.rounds_served = n, reals_per_round, seed, rounds_served
         self.batches = max(n // reals_per_round, 1)
 
     def __iter__(self):
-        done = self.rounds_done()
+        done = self.rounds_served()
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + done // self.batches)
         order = torch.randperm(self.n, generator=gen)
         return iter(order[(done % self.batches) * self.batch_size :].tolist())
@@ -126,8 +135,8 @@ class ToyDataModule(OTDataModule):
     """
 
     def __init__(self, name: str, n_train: int = 10_000, n_val: int = 2000, noise: float = 0.0,
-                 seed: int = 0, num_workers: int = 0):
-        super().__init__(check_positive_int("n_train", n_train), n_val, seed, num_workers)
+                 seed: int = 0, num_workers: int = 0, batch_size: int = 256):
+        super().__init__(check_positive_int("n_train", n_train), n_val, seed, num_workers, batch_size)
         self.name = check_choice("name", name, list(toy.SAMPLERS))
         check(isinstance(noise, (int, float)) and noise >= 0, "noise", noise, "a number >= 0")
         self.noise = float(noise)
@@ -138,7 +147,7 @@ class ToyDataModule(OTDataModule):
         return torch.from_numpy(train), torch.from_numpy(val)
 
 
-IMAGE_SOURCES = ["mnist", "fashion_mnist", "cifar10", "image_folder", *image_families.FAMILIES]
+IMAGE_SOURCES = ["mnist", "fashion_mnist", "cifar10", "image_folder", *synthetic_images.FAMILIES]
 VALUE_RANGES = [(-1.0, 1.0), (0.0, 1.0)]
 
 
@@ -171,8 +180,9 @@ class ImageDataModule(OTDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        batch_size: int = 256,
     ):
-        super().__init__(n_train, n_val, seed, num_workers)
+        super().__init__(n_train, n_val, seed, num_workers, batch_size)
         self.source = check_choice("source", source, IMAGE_SOURCES)
         needs_root = source in ("mnist", "fashion_mnist", "cifar10", "image_folder")
         check(root is not None or not needs_root, "root", root, f"a folder with the {source} files")
@@ -186,24 +196,24 @@ class ImageDataModule(OTDataModule):
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "ot_gen").expanduser()
 
     def _make(self):
-        if self.source in image_families.FAMILIES:
+        if self.source in synthetic_images.FAMILIES:
             size = self.image_size or 28
             n = self.n_train or 10_000
-            train = image_families.sample(self.source, n, size, self.seed, stream=0)
-            val = image_families.sample(self.source, self.n_val, size, self.seed, stream=1)
+            train = synthetic_images.sample(self.source, n, size, self.seed, stream=0)
+            val = synthetic_images.sample(self.source, self.n_val, size, self.seed, stream=1)
             return self._scale(train), self._scale(val)
         (train, self.train_labels), (val, self.val_labels) = self._split(self._load())
         return self._scale(self._to_float(train)), self._scale(self._to_float(val))
 
-    def _load(self) -> image_files.Splits:
+    def _load(self) -> image_readers.Splits:
         if self.source == "cifar10":
-            return image_files.load_cifar10(self.root, self.download)
+            return image_readers.load_cifar10(self.root, self.download)
         if self.source == "image_folder":
             size = self.image_size or 64
-            return image_files.load_image_folder(self.root, size, self.channels, self.on_bad_file)
-        return image_files.load_idx(self.source, self.root, self.download, self.cache_dir)
+            return image_readers.load_image_folder(self.root, size, self.channels, self.on_bad_file)
+        return image_readers.load_idx(self.source, self.root, self.download, self.cache_dir)
 
-    def _split(self, splits: image_files.Splits):
+    def _split(self, splits: image_readers.Splits):
         """((train images, labels), (held-out images, labels)); labels are None when the
         source has none."""
         gen = torch.Generator().manual_seed(self.seed)

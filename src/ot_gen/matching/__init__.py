@@ -1,13 +1,13 @@
 """Matchers: pair generated points with real points. One module per family."""
 
-from ot_gen.matching.assignment import ExactMatcher, HungarianMatcher, RandomMatcher
+from ot_gen.matching.assignment import ExactMatcher, RandomMatcher
 from ot_gen.matching.base import Matcher, Matching, identity_pairs
 from ot_gen.matching.entropic import SinkhornMatcher, round_to_assignment
 from ot_gen.matching.nearest import NearestMatcher
 from ot_gen.matching.potential import CriticMatcher, SemiDiscreteMatcher, balance_excess
 
 __all__ = [
-    "CriticMatcher", "ExactMatcher", "HungarianMatcher", "Matcher", "Matching", "NearestMatcher",
+    "CriticMatcher", "ExactMatcher", "Matcher", "Matching", "NearestMatcher",
     "RandomMatcher", "SemiDiscreteMatcher", "SinkhornMatcher", "balance_excess", "identity_pairs",
     "round_to_assignment",
 ]

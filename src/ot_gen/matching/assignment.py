@@ -1,8 +1,8 @@
 """Assignment matchers: each real receives exactly `each_real` distinct generated points.
 
-`exact` (a certified auction, or POT's network simplex) and `hungarian` (scipy) solve the
-problem exactly and differ only in speed; `random` draws a uniformly random assignment of the same shape, the
-control that shows what matching buys.
+`exact` solves the problem exactly, by one of three solvers that differ only in speed (a
+certified auction, POT's network simplex, scipy's Hungarian method); `random` draws a
+uniformly random assignment of the same shape, the control that shows what matching buys.
 """
 
 from __future__ import annotations
@@ -40,31 +40,39 @@ def _to_index(rows: np.ndarray, cols: np.ndarray, device) -> tuple[torch.Tensor,
 
 
 class ExactMatcher(Matcher):
-    """Exact OT on integer marginals, by one of two solvers with the same optimal cost:
+    """Exact OT on integer marginals: generated points carry mass 1 and each real carries
+    `each_real`; when there are more generated points than needed, a zero-cost dummy real
+    absorbs the rest. Three solvers, one optimal cost:
 
-    - `fast`: the ε-scaling auction of `ot_gen.matching.auction`, compiled with
-      numba. Every solve is certified optimal by its own duality gap (relative gap at most
+    - `auction`: the ε-scaling auction of `ot_gen.matching.auction`, compiled with numba.
+      Every solve is certified optimal by its own duality gap (relative gap at most
       `rtol`); one that cannot certify warns and is solved again by POT, so a round never
-      uses an uncertified assignment. With `warm_start`, the dual prices of every real
-      seen in earlier rounds (recognised by a fingerprint of its values) start the next
-      solve; they travel in the checkpoint.
+      uses an uncertified assignment.
     - `pot`: POT's network simplex `ot.emd`, the reference. POT only warns when it stops
       early (`num_itermax`); here that is an error, never a silently wrong plan.
-    - `auto` (default): `fast` when the cost matrix has at least `AUTO_MIN_ENTRIES`
+    - `hungarian`: scipy's `linear_sum_assignment`, each real repeated `each_real` times
+      as columns (slow for k > 1 on large problems; kept as an independent check).
+    - `auto` (default): `auction` when the cost matrix has at least `AUTO_MIN_ENTRIES`
       entries, `pot` below. On 1000 × 10,000 the auction solved 8-43× faster than
       `ot.emd` (d = 2 to 3072, benchmarks/matching.py, README); at 256 × 256 both take
       milliseconds, and the default 2-D run (256 × 256 per step) was no faster with it.
 
-    Generated points carry mass 1 and each real carries `each_real`; when there are more
-    generated points than needed, a zero-cost dummy real absorbs the rest.
+    Warm start (`warm_start`, auction): the dual price of every real solved in earlier
+    rounds, kept by its training-set index (`n_reals` of them, bound from the data; the
+    prices travel in the checkpoint), starts the next solve. Prices are kept relative to
+    their round's mean (they are defined up to a constant); reals never solved start at
+    that mean, the dummy real at its last offset. A round warm-starts when at least half of
+    its reals have a price. The `pot` path stays cold: `ot.emd`'s own `potentials_init`
+    fed with these prices made the default 2-D solves about 1.5× slower
+    (benchmarks/pot_warm_start.py).
     """
 
     name = "exact"
-    SOLVERS = ("auto", "fast", "pot")
+    SOLVERS = ("auto", "auction", "pot", "hungarian")
     AUTO_MIN_ENTRIES = 100_000
 
     def __init__(self, solver: str = "auto", num_itermax: int = 100_000_000, rtol: float = 1e-9,
-                 warm_start: bool = True):
+                 warm_start: bool = True, n_reals: int | None = None):
         super().__init__()
         self.solver = check_choice("solver", solver, self.SOLVERS)
         self.num_itermax = check_positive_int("num_itermax", num_itermax)
@@ -72,20 +80,25 @@ class ExactMatcher(Matcher):
         check(self.rtol <= 1e-6, "rtol", rtol, "a relative duality gap <= 1e-6 (this solver is exact)")
         check(isinstance(warm_start, bool), "warm_start", warm_start, "true or false")
         self.warm_start = warm_start
-        self.prices = RealPrices()
+        n = 0 if n_reals is None else check_positive_int("n_reals", n_reals)
+        # Per-real warm-start state, indexed by training-set index.
+        self.register_buffer("prices", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("priced", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("dummy_price", torch.zeros((), dtype=torch.float64))
 
-    def _pair(self, x, y, cost, each_real):
+    def _pair(self, x, y, cost, each_real, real_ids):
         n = len(y)
         C = self.cost_matrix(x.double(), y.double(), cost)
         solver = self.solver
         if solver == "auto":
-            solver = "fast" if C.numel() >= self.AUTO_MIN_ENTRIES else "pot"
+            solver = "auction" if C.numel() >= self.AUTO_MIN_ENTRIES else "pot"
+        if solver == "hungarian":
+            return self._to_pairs(self._hungarian(C, each_real), n, each_real, x.device)
         if solver == "pot":
             return self._to_pairs(self._emd(C, each_real), n, each_real, x.device)
+        init = self._lookup(real_ids, n + (len(x) > each_real * n)) if self.warm_start else None
         _, b, Cd = integer_marginals(C, each_real)
-        cap = b.long().cpu().numpy()
-        init = self.prices.lookup(y, len(cap)) if self.warm_start else None
-        result = auction_transport(Cd.cpu().numpy(), cap, init_prices=init, rtol=self.rtol)
+        result = auction_transport(Cd.cpu().numpy(), b.long().cpu().numpy(), init_prices=init, rtol=self.rtol)
         stats = {
             "certified": float(result.certified),
             "duality_gap": result.gap / max(abs(result.primal), 1e-300),
@@ -100,8 +113,8 @@ class ExactMatcher(Matcher):
                 f"{stats['duality_gap']:.2e} > rtol {self.rtol:g}); solving this round with ot.emd"
             )
             partner = self._emd(C, each_real)
-        elif self.training and self.warm_start:
-            self.prices.remember(y, result.prices)
+        else:
+            self._remember(real_ids, result.prices)
         return (*self._to_pairs(partner, n, each_real, x.device), stats)
 
     def _emd(self, C: torch.Tensor, each_real: int) -> np.ndarray:
@@ -123,6 +136,17 @@ class ExactMatcher(Matcher):
         return plan.argmax(1)
 
     @staticmethod
+    def _hungarian(C: torch.Tensor, each_real: int) -> np.ndarray:
+        """scipy's Hungarian method on the reals repeated `each_real` times; generated
+        points left without a column go to the dummy (column n)."""
+        n = C.shape[1]
+        C = C.cpu().numpy()
+        rows, cols = linear_sum_assignment(np.repeat(C, each_real, axis=1) if each_real > 1 else C)
+        partner = np.full(len(C), n)
+        partner[rows] = cols // each_real
+        return partner
+
+    @staticmethod
     def _to_pairs(partner: np.ndarray, n: int, each_real: int, device):
         """(gen_idx, real_idx) from every generated point's column; column n is the dummy."""
         rows = np.flatnonzero(partner < n)
@@ -131,77 +155,33 @@ class ExactMatcher(Matcher):
             raise SolverError("matcher exact: the solver returned a plan that is not a k-to-1 assignment")
         return _to_index(rows, partner[rows], device)
 
-    def get_extra_state(self):
-        return self.prices.state()
-
-    def set_extra_state(self, state) -> None:
-        self.prices.load(state)
-
-
-class RealPrices:
-    """The auction's dual price of every real seen so far, for warm starts.
-
-    A real is recognised by a fingerprint of its values (their dot product with a fixed
-    random vector, in float64), so it does not matter which pool or position it comes
-    in. Prices are stored relative to their round's mean (prices are defined up to a
-    constant); reals never seen start at that mean, the dummy real at its last offset.
-    """
-
-    def __init__(self):
-        self.fingerprints = torch.empty(0, dtype=torch.float64)
-        self.values = torch.empty(0, dtype=torch.float64)
-        self.dummy = 0.0
-
-    @staticmethod
-    def _fingerprint(y: torch.Tensor) -> torch.Tensor:
-        flat = y.detach().flatten(1).double().cpu()
-        direction = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        return flat @ direction
-
-    def lookup(self, y: torch.Tensor, columns: int) -> np.ndarray | None:
-        """Starting prices for the reals y (plus the dummy column when columns > len(y)),
-        or None when fewer than half of them were seen before."""
-        if len(self.fingerprints) == 0:
+    # -- warm-start prices, by training-set index ------------------------------------------
+    def _lookup(self, ids: torch.Tensor | None, columns: int) -> np.ndarray | None:
+        """Starting prices for the reals `ids` (plus the dummy column when columns >
+        len(ids)), or None when fewer than half of them have a price."""
+        if ids is None or len(self.prices) == 0:
             return None
-        fp = self._fingerprint(y)
-        pos = torch.searchsorted(self.fingerprints, fp).clamp(max=len(self.fingerprints) - 1)
-        seen = self.fingerprints[pos] == fp
-        if seen.double().mean() < 0.5:
+        ids = ids.to(self.prices.device)
+        priced = self.priced[ids]
+        if priced.double().mean() < 0.5:
             return None
-        prices = torch.where(seen, self.values[pos], torch.zeros_like(fp)).numpy()
-        return np.append(prices, [self.dummy] * (columns - len(y)))
+        prices = torch.where(priced, self.prices[ids], torch.zeros_like(self.prices[ids])).cpu().numpy()
+        return np.append(prices, [float(self.dummy_price)] * (columns - len(ids)))
 
-    def remember(self, y: torch.Tensor, prices: np.ndarray) -> None:
-        n = len(y)
-        real = torch.as_tensor(prices[:n], dtype=torch.float64)
+    def _remember(self, ids: torch.Tensor | None, prices: np.ndarray) -> None:
+        if not (self.training and self.warm_start) or ids is None or len(self.prices) == 0:
+            return
+        n = len(ids)
+        real = torch.as_tensor(prices[:n], dtype=torch.float64, device=self.prices.device)
         mean = real.mean()
         if len(prices) > n:
-            self.dummy = float(prices[n] - mean)
-        fp = self._fingerprint(y)
-        keep = ~torch.isin(self.fingerprints, fp)
-        fingerprints = torch.cat([self.fingerprints[keep], fp])
-        values = torch.cat([self.values[keep], real - mean])
-        order = fingerprints.argsort()
-        self.fingerprints, self.values = fingerprints[order], values[order]
+            self.dummy_price.fill_(float(prices[n]) - mean.item())
+        ids = ids.to(self.prices.device)
+        self.prices[ids] = real - mean
+        self.priced[ids] = True
 
-    def state(self) -> dict:
-        return {"fingerprints": self.fingerprints, "values": self.values, "dummy": self.dummy}
-
-    def load(self, state: dict) -> None:
-        self.fingerprints, self.values, self.dummy = state["fingerprints"], state["values"], state["dummy"]
-
-
-class HungarianMatcher(Matcher):
-    """scipy's `linear_sum_assignment`; each real is repeated `each_real` times as columns."""
-
-    name = "hungarian"
-
-    def _pair(self, x, y, cost, each_real):
-        C = self.cost_matrix(x.double(), y.double(), cost).cpu().numpy()
-        if each_real > 1:
-            C = np.repeat(C, each_real, axis=1)
-        rows, cols = linear_sum_assignment(C)
-        return _to_index(rows, cols // each_real, x.device)
+    def extra_repr(self) -> str:
+        return f"{self.name}, solver={self.solver}"
 
 
 class RandomMatcher(Matcher):
@@ -211,7 +191,7 @@ class RandomMatcher(Matcher):
 
     name = "random"
 
-    def _pair(self, x, y, cost, each_real):
+    def _pair(self, x, y, cost, each_real, real_ids):
         n = len(y)
         gen = torch.randperm(len(x), device=x.device)[: each_real * n]
         return gen, torch.arange(each_real * n, device=x.device) % n

@@ -11,10 +11,19 @@ A matcher pairs m generated points x with n real points y. Two kinds exist:
   every real) picks a partner on its own; reals may go without partner or share one.
   `each_real` is then the intended share per real, not a constraint.
 
-Subclasses implement `_pair` and may keep state (potentials, critic weights) as module
-buffers and parameters, which then travel in the checkpoint. `__call__` checks the
+Subclasses implement `_pair` and may keep state (potentials, critic weights, warm-start
+prices) as module buffers and parameters, which then travel in the checkpoint; per-real
+state is keyed by the reals' training-set indices (`real_ids`). `__call__` checks the
 inputs, times the solve and computes the diagnostics, so every matcher reports the same
 figures.
+
+What a run needs to know of a matcher, the matcher answers itself:
+- `check_run(mode, distributed)`: whether it runs in that mode, and under DDP;
+- constructor arguments named `data_shape` or `n_reals` are bound from the data by
+  `train.build` (the shape of one point, the size of the training set);
+- `bind(train_set)`: called once before training with the whole training set;
+- `targets(y, ids)`: the reals it matches a round's generated points against (the
+  round's reals, or for `semidiscrete` the whole training set).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 from torch import nn
 
 from ot_gen.costs import Cost
-from ot_gen.errors import NonFiniteError, check_positive_int
+from ot_gen.errors import NonFiniteError, check, check_positive_int
 
 MODES = ("minibatch", "oversampled")
 
@@ -59,9 +68,29 @@ class Matcher(nn.Module):
     name = "matcher"
     bijective = True  # each real gets exactly `each_real` distinct partners
     modes = MODES  # the training modes this matcher makes sense in
-    full_data = False  # True: matches against the whole training set, given by attach_data
+    ddp_refusal: str | None = None  # why it cannot run under DDP, when it cannot
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, each_real: int = 1) -> Matching:
+    @classmethod
+    def check_run(cls, mode: str, distributed: bool) -> None:
+        """A config error (key `matcher`) when this matcher cannot run in `mode`, or under
+        DDP when `distributed`."""
+        check(mode in cls.modes, "matcher", cls.name,
+              f"a matcher for mode={mode}; {cls.name} runs in mode={' or mode='.join(cls.modes)}")
+        check(not (distributed and cls.ddp_refusal), "matcher", cls.name,
+              f"a matcher that runs under trainer=ddp ({cls.ddp_refusal})")
+
+    def bind(self, train_set: torch.Tensor) -> None:
+        """Called once before training with the whole training set (on the CPU)."""
+
+    def targets(self, y: torch.Tensor, ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The reals (and their training-set indices) that a round's generated points are
+        matched against, given the round's reals `y` with indices `ids`."""
+        return y, ids
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, each_real: int = 1,
+                real_ids: torch.Tensor | None = None) -> Matching:
+        """Pairs of generated points `x` and reals `y` (with training-set indices
+        `real_ids`, when known: per-real state such as warm-start prices is kept by them)."""
         m, n = len(x), len(y)
         check_positive_int("each_real", each_real)
         if x.shape[1:] != y.shape[1:]:
@@ -77,13 +106,14 @@ class Matcher(nn.Module):
                 raise NonFiniteError(f"matcher {self.name}: {what} contain NaN or Inf")
         with torch.no_grad():
             start = time.perf_counter()
-            gen_idx, real_idx, extra = self._split_stats(self._pair(x.detach(), y.detach(), cost, each_real))
+            pairs = self._pair(x.detach(), y.detach(), cost, each_real, real_ids)
+            gen_idx, real_idx, extra = self._split_stats(pairs)
             solve_s = time.perf_counter() - start
             stats = self._diagnostics(x, y, cost, each_real, gen_idx, real_idx)
         stats.update(extra, solve_s=solve_s)
         return Matching(gen_idx, real_idx, stats)
 
-    def _pair(self, x, y, cost: Cost, each_real: int):
+    def _pair(self, x, y, cost: Cost, each_real: int, real_ids: torch.Tensor | None):
         """Return (gen_idx, real_idx) or (gen_idx, real_idx, extra_stats)."""
         raise NotImplementedError
 
@@ -93,9 +123,6 @@ class Matcher(nn.Module):
         if not torch.isfinite(C).all():
             raise NonFiniteError(f"matcher {self.name}: the cost matrix contains NaN or Inf")
         return C
-
-    def attach_data(self, reals: torch.Tensor) -> None:
-        """Called once before training with the whole training set (full_data matchers)."""
 
     @staticmethod
     def _split_stats(result):

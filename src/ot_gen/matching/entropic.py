@@ -71,7 +71,7 @@ class SinkhornMatcher(Matcher):
         self.on_not_converged = check_choice("on_not_converged", on_not_converged, ["warn", "error"])
         self._warned = False
 
-    def _pair(self, x, y, cost, each_real):
+    def _pair(self, x, y, cost, each_real, real_ids):
         n = len(y)
         a, b, C = integer_marginals(self.cost_matrix(x.double(), y.double(), cost), each_real)
         capacity = b.round().long()

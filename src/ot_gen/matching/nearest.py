@@ -29,7 +29,7 @@ class NearestMatcher(Matcher):
         self.direction = check_choice("direction", direction, DIRECTIONS)
         self.chunk = check_positive_int("chunk", chunk)
 
-    def _pair(self, x, y, cost, each_real):
+    def _pair(self, x, y, cost, each_real, real_ids):
         if self.direction == "generated_to_real":
             real = torch.cat([self._nearest(rows, y, cost, 1) for rows in x.split(self.chunk)]).squeeze(1)
             return torch.arange(len(x), device=x.device), real

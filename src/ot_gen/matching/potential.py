@@ -64,7 +64,6 @@ class SemiDiscreteMatcher(_OwnOptimizer):
     name = "semidiscrete"
     bijective = False
     modes = ("oversampled",)
-    full_data = True
 
     def __init__(self, n_reals: int, lr: float = 0.01, max_iters: int = 20, tol: float = 0.05,
                  chunk: int = 4096, cache_entries: int = 100_000_000):
@@ -81,12 +80,18 @@ class SemiDiscreteMatcher(_OwnOptimizer):
         self.register_buffer("reals", None, persistent=False)
         self.optimizer = torch.optim.Adam([self.psi], lr=self.lr)
 
-    def attach_data(self, reals: torch.Tensor) -> None:
-        if len(reals) != len(self.psi):
-            raise ValueError(f"matcher semidiscrete: built for {len(self.psi)} reals, given {len(reals)}")
-        self.reals = reals.to(self.psi.device)
+    def bind(self, train_set: torch.Tensor) -> None:
+        if len(train_set) != len(self.psi):
+            raise ValueError(f"matcher semidiscrete: built for {len(self.psi)} reals, given {len(train_set)}")
+        self.reals = train_set.to(self.psi.device)
 
-    def _pair(self, x, y, cost, each_real):
+    def targets(self, y, ids):
+        """The whole training set, whatever the round's pool: ψ lives over all of it."""
+        if self.reals is None:
+            raise RuntimeError("matcher semidiscrete: bind(train_set) must come before matching")
+        return self.reals, None
+
+    def _pair(self, x, y, cost, each_real, real_ids):
         m, n = len(x), len(y)
         if n != len(self.psi):
             raise ValueError(f"matcher semidiscrete: holds a potential for {len(self.psi)} reals, given {n}")
@@ -126,6 +131,7 @@ class CriticMatcher(_OwnOptimizer):
 
     name = "critic"
     bijective = False
+    ddp_refusal = "the critic trains its own network outside DDP's forward"
 
     def __init__(self, data_shape: tuple[int, ...], network: str = "mlp", hidden: int = 256,
                  critic_steps: int = 20, lr: float = 1e-3):
@@ -137,7 +143,7 @@ class CriticMatcher(_OwnOptimizer):
         self.net = _dense(data_shape, hidden) if network == "mlp" else _conv(data_shape, hidden)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=check_positive("lr", lr))
 
-    def _pair(self, x, y, cost, each_real):
+    def _pair(self, x, y, cost, each_real, real_ids):
         m, n = len(x), len(y)
         C = self.cost_matrix(x, y, cost)
         with torch.enable_grad():

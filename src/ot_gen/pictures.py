@@ -1,9 +1,9 @@
-"""Pictures made during training and at its end, sent to the active loggers and saved in
-the run dir."""
+"""Pictures made during training and at its end (Lightning callbacks, plus the end-of-run
+closest-image pictures), sent to the active loggers and saved in the run dir. They draw
+from their own random streams (`rng.own_rng`), so they never change a run's results."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -14,17 +14,7 @@ from torchvision.utils import make_grid
 
 from ot_gen.errors import check_positive_int
 from ot_gen.loggers import log_picture
-
-
-@contextmanager
-def own_rng(device: torch.device, seed: int = 0):
-    """Draw from a fixed stream of its own: the run's global RNG (latents, data order, the
-    random matcher) is left exactly where it was, so turning pictures or evaluation
-    figures on or off never changes a run's results, and every validation draws the same
-    latents (pictures comparable across steps)."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
+from ot_gen.rng import own_rng
 
 
 def _image_grid(dm, images: torch.Tensor, nrow: int) -> torch.Tensor:
@@ -56,10 +46,7 @@ def _matched_pairs(pl_module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     the whole training set (semidiscrete) pairs them with training points instead of `y`.
     The module is in eval mode here, so stateful matchers pair without learning."""
     x = pl_module.sample(len(y))
-    matcher = pl_module.matcher
-    if matcher.full_data:
-        y = matcher.reals
-    match = matcher(x, y, pl_module.match_cost)
+    y, match = pl_module.match(x, y, None, each_real=1)
     order = torch.argsort(match.real_idx, stable=True)
     return x[match.gen_idx[order]], y[match.real_idx[order]]
 
@@ -164,14 +151,13 @@ class LatentTraversals(L.Callback):
     (pictures drawn from a fixed generator, so they never touch the training RNG):
 
     - `latent/plane_i_j`: the generator on a regular `n_grid`×`n_grid` grid over latent
-      dimensions (i, j) ∈ {(0, 1), (1, 2), (0, 2)}, ±`span` times the prior's spread (std,
-      or for a GMM the std of its centres and noise together) around the prior's centre
-      (its first component for a GMM), the other dimensions fixed there — the
-      Earth-moving net's "fixed input plane" pictures;
-    - `latent/interpolation`: `n_paths` straight lines between latent points, `n_steps`
-      images each;
-    - `latent/centre_noise` (GMM prior): samples around one component centre at noise
-      0, 0.5, 1, 2 and 4 × sigma, one row each.
+      dimensions (i, j) ∈ {(0, 1), (1, 2), (0, 2)}, ±`span` times the prior's spread (the
+      std of its component centres and noise together) around its first component centre,
+      the other dimensions fixed there — the Earth-moving net's "fixed input plane" pictures;
+    - `latent/interpolation`: `n_paths` straight lines between latent points (between
+      different components for a mixture), `n_steps` images each;
+    - `latent/centre_noise` (priors of several components): samples around one component
+      centre at noise 0, 0.5, 1, 2 and 4 × its noise std, one row each.
     """
 
     NOISE = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -188,15 +174,15 @@ class LatentTraversals(L.Callback):
         if not _draws_now(trainer) or dm.val_set.dim() != 4:
             return
         prior, device = pl_module.prior, pl_module.device
-        gmm = hasattr(prior, "centres")
-        scale = prior.sigma if gmm else getattr(prior, "std", 1.0)
-        centre = prior.centres[0].to(device) if gmm else torch.zeros(prior.dim, device=device)
+        centres, scale = prior.centres.to(device), prior.noise_std
+        mixture = len(centres) > 1
+        centre = centres[0]
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
         show = lambda z, nrow: _image_grid(dm, pl_module.generator(z), nrow)  # noqa: E731
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
-        # The plane spans the prior's overall spread (for a GMM: its centres' spread too).
-        spread = float((prior.centres.var(0).mean() + scale**2).sqrt()) if gmm else scale
+        # The plane spans the prior's overall spread: its centres' spread and its noise.
+        spread = float((centres.var(0).mean() + scale**2).sqrt()) if mixture else scale
         values = torch.linspace(-self.span * spread, self.span * spread, self.n_grid, device=device)
         for i, j in ((0, 1), (1, 2), (0, 2)):
             if j >= prior.dim:
@@ -206,12 +192,12 @@ class LatentTraversals(L.Callback):
             z[:, j] += values.repeat(self.n_grid)
             log_picture(trainer.loggers, out_dir, f"latent/plane_{i}_{j}", show(z, self.n_grid), step)
         ends = centre + scale * noise(2, self.n_paths, prior.dim)
-        if gmm:  # paths between different components
-            ends = ends - centre + prior.centres[torch.randint(len(prior.centres), (2, self.n_paths), generator=gen)].to(device)
+        if mixture:  # paths between different components
+            ends = ends - centre + centres[torch.randint(len(centres), (2, self.n_paths), generator=gen).to(device)]
         t = torch.linspace(0, 1, self.n_steps, device=device)[None, :, None]
         z = (ends[0][:, None] * (1 - t) + ends[1][:, None] * t).reshape(-1, prior.dim)
         log_picture(trainer.loggers, out_dir, "latent/interpolation", show(z, self.n_steps), step)
-        if gmm:
+        if mixture:
             z = torch.cat([centre + level * scale * noise(self.n_steps, prior.dim) for level in self.NOISE])
             log_picture(trainer.loggers, out_dir, "latent/centre_noise", show(z, self.n_steps), step)
 

@@ -1,0 +1,79 @@
+"""What every checkpoint says about the run that wrote it: the resolved config, what the
+generator needs to know of the data, the W&B run to continue, and the global random
+streams. One callback writes it; `read` gives it back to a resume (`train.py`) or to
+`python -m ot_gen.sample`, which rebuilds the module from it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from ot_gen import rng
+from ot_gen.checkpoints import CheckpointError
+
+KEY = "ot_gen"
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the parts of a run need to know of its data: the shape of one point, the size
+    of the training set (per-real matcher state) and the pixel range of images (None for
+    other data)."""
+
+    shape: tuple[int, ...]
+    n_train: int
+    value_range: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, data) -> "DataInfo":
+        """From a data module that has been set up."""
+        value_range = None if data.value_range is None else tuple(float(v) for v in data.value_range)
+        return cls(tuple(data.data_shape), len(data.train_set), value_range)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
+        value_range = d.get("value_range")
+        return cls(tuple(d["shape"]), int(d["n_train"]), None if value_range is None else tuple(value_range))
+
+
+@dataclass(frozen=True)
+class Record:
+    config: dict[str, Any]
+    data: DataInfo
+    wandb_run_id: str | None
+
+
+class RunRecord(L.Callback):
+    """Writes the run's record into every checkpoint and, on resume, puts the global
+    random streams back where they were (latents, shuffling, the random matcher), so a
+    resumed run draws what the uninterrupted run would have drawn. `train.run` always
+    adds it, whatever `callbacks=` says."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        wandb_ids = [lg.experiment.id for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        checkpoint[KEY] = {
+            "config": self.config,
+            "data": asdict(DataInfo.of(trainer.datamodule)),
+            "wandb_run_id": wandb_ids[0] if wandb_ids else None,
+            "rng_states": rng.global_state(),
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(KEY, {}).get("rng_states")
+        if states:
+            rng.set_global_state(states)
+
+
+def read(checkpoint: dict[str, Any], path: str | Path) -> Record:
+    """The record of a loaded checkpoint; an error naming the file when it has none."""
+    record = checkpoint.get(KEY)
+    if not isinstance(record, dict) or "config" not in record or "data" not in record:
+        raise CheckpointError(f"checkpoint {path} was not written by ot_gen training (no run record)")
+    return Record(record["config"], DataInfo.from_dict(record["data"]), record.get("wandb_run_id"))
