@@ -37,7 +37,9 @@ def ensure_env() -> Path:
         sh(TOOLS / BIN / "python", "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}")
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_PROJECT_ENVIRONMENT": str(ROOT / ".venv")}
     # --frozen: install exactly what uv.lock says, never re-resolve.
-    sh(uv, "sync", "--frozen", "--quiet", "--python", sys.executable, env=env)
+    # --compile-bytecode: .pyc files written once here, so no start-up compiles sources again
+    # (Python writes none where PYTHONDONTWRITEBYTECODE is set).
+    sh(uv, "sync", "--frozen", "--quiet", "--compile-bytecode", "--python", sys.executable, env=env)
     return ROOT / ".venv" / BIN / "python"
 
 
