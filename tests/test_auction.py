@@ -172,14 +172,25 @@ def test_the_dummy_real_takes_the_spare_points():
     assert result.certified and np.bincount(result.assignment).tolist() == [3, 3, 1]
 
 
-def test_auto_uses_the_auction_for_large_problems_and_pot_for_small_ones():
+def test_auto_uses_the_auction_for_large_problems_scipy_for_small_one_to_one_and_pot_otherwise(monkeypatch):
+    from ot_gen.matching import assignment
+
+    scipy_calls = []
+    original = assignment.linear_sum_assignment
+    monkeypatch.setattr(assignment, "linear_sum_assignment", lambda C: scipy_calls.append(C.shape) or original(C))
     gen = torch.Generator().manual_seed(2)
-    for m, n, auction_used in ((40, 20, False), (800, 200, True)):  # 800 × 200 = 160,000 entries
+    # 800 × 200 = 160,000 entries: the auction; 40 × 20 and 60 × 20: scipy when k = 1
+    for m, n, k, auction_used, scipy_used in ((40, 20, 2, False, False), (800, 200, 2, True, False),
+                                              (40, 20, 1, False, True), (60, 20, 1, False, True),
+                                              (800, 200, 1, True, False)):
+        scipy_calls.clear()
         x, y = torch.randn(m, 2, generator=gen), torch.randn(n, 2, generator=gen)
-        auto = ExactMatcher()(x, y, SqEuclidean(), each_real=2)
+        auto = ExactMatcher()(x, y, SqEuclidean(), each_real=k)
         assert ("certified" in auto.stats) == auction_used
-        pot = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=2)
+        assert bool(scipy_calls) == scipy_used
+        pot = ExactMatcher(solver="pot")(x, y, SqEuclidean(), each_real=k)
         assert auto.stats["matched_cost"] == pytest.approx(pot.stats["matched_cost"], rel=1e-9)
+        assert torch.equal(auto.real_idx, pot.real_idx) and torch.equal(auto.gen_idx, pot.gen_idx)
 
 
 @pytest.mark.parametrize("contested", [False, True])

@@ -123,6 +123,14 @@ def test_w2_matches_pot_on_unequal_sizes():
     assert w2(torch.tensor(x), torch.tensor(y)) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("n,d", [(300, 2), (200, 50)])
+def test_w2_of_equal_sizes_by_the_auction_matches_pot(n, d):
+    rng = np.random.default_rng(n)
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n, d)) * 1.5 + 0.3
+    expected = np.sqrt(ot.emd2(np.full(n, 1 / n), np.full(n, 1 / n), ot.dist(x, y), numItermax=10**8))
+    assert w2(torch.tensor(x), torch.tensor(y)) == pytest.approx(expected, rel=1e-9)
+
+
 def test_energy_distance_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(1500, 2, generator=g), torch.randn(1500, 2, generator=g)

@@ -80,7 +80,7 @@ def test_same_seed_same_metrics(config):
     def metrics_of(cfg):
         run(cfg)
         m = json.loads((ROOT / cfg.paths.output_dir / "metrics.json").read_text())
-        return {k: v for k, v in m.items() if k not in ("wall_s", "s_per_round", "train/solve_s")}  # timings
+        return {k: v for k, v in m.items() if k not in ("wall_s", "s_per_round", "train/solve_s", "val_s", "train_s_per_step")}  # timings
 
     overrides = (*MODES["oversampled"], "prior=gmm", "trainer.max_steps=60")
     assert metrics_of(config(*overrides)) == metrics_of(config(*overrides))
@@ -154,3 +154,21 @@ def test_pictures_never_change_a_runs_results(config):
     for key in ("val/w2", "val/energy", "train/matched_cost", "train/loss"):
         assert ma[key] == mb[key], key
     assert list((ROOT / with_pictures.paths.output_dir / "plots").glob("density_step*.png"))
+
+
+def test_the_console_shows_what_helps_and_nothing_else(tmp_path):
+    """A default run's console: the run dir, one progress bar in steps toward max_steps,
+    the final line and the W&B sync command; no Lightning device lines or tip, no W&B
+    warning, no deprecation notice, no per-epoch bar."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "trainer.max_steps=40", "mode.val_every_rounds=20", "val_samples=300",
+           "eval.n_generated=1000", f"hydra.run.dir={out}"]
+    env = {**python_env(), "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    for unwanted in ("Tip", "GPU available", "anonymous", "LeafSpec", "Epoch", "Warning", "WARNING"):
+        assert unwanted not in console, f"{unwanted!r} on the console:\n{console[-3000:]}"
+    assert f"run dir {out}" in console
+    assert "training: 100%" in console and "40/40" in console and "matched cost" in console
+    assert "wandb sync " + str(out / "wandb") in console

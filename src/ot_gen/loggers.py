@@ -35,7 +35,14 @@ def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
         env = os.environ.get("WANDB_MODE")
         mode = env if env in ("online", "offline") else ("online" if wandb_logged_in() else "offline")
     Path(kwargs.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(offline=mode == "offline", **kwargs)
+    import wandb
+
+    kwargs.setdefault("settings", wandb.Settings(quiet=True))  # no run history and summary tables on the console
+    logger = WandbLogger(offline=mode == "offline", **kwargs)
+    # Lightning passes anonymous=None, which W&B now warns about ("has no effect"); unset it.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def log_picture(loggers: list[Logger], out_dir: Path, key: str, picture: Figure | torch.Tensor, step: int) -> Path:
@@ -45,7 +52,7 @@ def log_picture(loggers: list[Logger], out_dir: Path, key: str, picture: Figure 
     path = Path(out_dir) / "plots" / f"{key.rsplit('/', 1)[-1]}_step{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(picture, Figure):
-        picture.savefig(path, dpi=100, bbox_inches="tight")
+        picture.savefig(path, dpi=100)  # no bbox_inches="tight": a second layout pass, ~40% of the save
     else:
         save_image(picture, path)
     for logger in loggers:

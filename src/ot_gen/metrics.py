@@ -8,15 +8,25 @@ import numpy as np
 import ot
 import torch
 
+from ot_gen.matching.auction import auction_transport
+
 
 def w2(x: torch.Tensor, y: torch.Tensor, num_itermax: int = 100_000_000) -> float:
-    """Exact 2-Wasserstein distance between two empirical measures (POT, float64).
+    """Exact 2-Wasserstein distance between two empirical measures (float64), uniform
+    weights on each sample.
 
-    Uniform weights on each sample; sizes may differ.
+    Equal sizes (the validation's case) make it an assignment problem, solved by the
+    certified auction of `ot_gen.matching.auction` (2000 × 2000 points: 0.12-0.17 s
+    against 0.48-0.91 s for `ot.emd2`, the same value to 1e-15); other sizes, or a solve
+    that cannot certify, by POT's `ot.emd2`.
     """
     xs = x.detach().flatten(1).double().cpu().numpy()
     ys = y.detach().flatten(1).double().cpu().numpy()
     M = ot.dist(xs, ys, metric="sqeuclidean")
+    if len(xs) == len(ys):
+        result = auction_transport(M, np.ones(len(ys), dtype=np.int64))
+        if result.certified:
+            return float(np.sqrt(max(result.primal / len(xs), 0.0)))
     a = np.full(len(xs), 1.0 / len(xs))
     b = np.full(len(ys), 1.0 / len(ys))
     return float(np.sqrt(max(ot.emd2(a, b, M, numItermax=num_itermax), 0.0)))

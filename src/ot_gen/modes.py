@@ -23,6 +23,7 @@ class Mode:
 
     name: str
     reals_key: str  # the key of conf/mode/<name>.yaml that sets reals_per_round
+    figures_every_round = False  # True: log every round's figures, not every log_every_n_steps rounds
 
     @property
     def reals_per_round(self) -> int:
@@ -34,8 +35,8 @@ class Mode:
               f"at most the {n_train} training points of data={data_name}")
 
     def round(self, module, y: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
-        """One round on the reals `y` (training-set indices `ids`); returns its figures,
-        `matched_cost` among them."""
+        """One round on the reals `y` (training-set indices `ids`); returns its figures
+        (numbers or 0-d tensors), `matched_cost` among them when `module.figures_due`."""
         raise NotImplementedError
 
 
@@ -47,7 +48,7 @@ class Minibatch(Mode):
 
     batch_size: int = 256
     ratio: int = 1
-    val_every_rounds: int = 250
+    val_every_rounds: int = 500
 
     name = "minibatch"
     reals_key = "batch_size"
@@ -63,7 +64,7 @@ class Minibatch(Mode):
         y, match = module.match(x, y, ids, each_real=1)
         loss = module.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
         module.step(loss)
-        return {**match.stats, "loss": loss.item(), "reals_in_solve": float(len(y))}
+        return {**match.stats, "loss": loss.detach(), "reals_in_solve": len(y)}
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Oversampled(Mode):
 
     name = "oversampled"
     reals_key = "pool_size"
+    figures_every_round = True  # a round is many optimizer steps: its figures cost little
 
     def __post_init__(self):
         check_positive_int("pool_size", self.pool_size)
@@ -118,4 +120,4 @@ class Oversampled(Mode):
                 loss = module.cost.paired(module.generator(z_pairs[idx]), y_pairs[idx]).mean()
                 module.step(loss)
                 losses.append(loss.detach())
-        return {**match.stats, "loss": torch.stack(losses).mean().item(), "k": k, "reals_in_solve": float(len(y))}
+        return {**match.stats, "loss": torch.stack(losses).mean(), "k": k, "reals_in_solve": len(y)}

@@ -22,6 +22,7 @@ from ot_gen.matching import Matcher, Matching
 from ot_gen.metrics import energy_distance, sliced_w2, w2
 from ot_gen.modes import Mode
 from ot_gen.priors import Prior
+from ot_gen.rng import own_rng
 
 GENERATE_CHUNK = 8192  # generated points per forward pass when no gradient is needed
 
@@ -46,6 +47,7 @@ class OTGenerator(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self.w2_floor: float | None = None
+        self.figures_due = True  # whether this round's figures (diagnostics, loss) are computed and logged
 
     # -- sampling ------------------------------------------------------------------------
     @torch.no_grad()
@@ -63,7 +65,7 @@ class OTGenerator(L.LightningModule):
         round's reals `y`, or for a matcher over the whole training set, that set).
         Returns (those reals, the pairs)."""
         y, ids = self.matcher.targets(y, ids)
-        return y, self.matcher(x, y, self.match_cost, each_real=each_real, real_ids=ids)
+        return y, self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=self.figures_due)
 
     def match_across_ranks(self, z, x, y, ids, each_real: int):
         """`match` over every rank's points at once. Under DDP: ONE assignment over every
@@ -77,7 +79,8 @@ class OTGenerator(L.LightningModule):
         gather = lambda t: self.all_gather(t).flatten(0, 1)  # noqa: E731  (W, n, ...) -> (W·n, ...)
         z, x, y, ids = gather(z), gather(x), gather(y), gather(ids)
         y, ids = self.matcher.targets(y, ids)
-        match = self.matcher(x, y, self.match_cost, each_real=each_real, real_ids=ids) if rank == 0 else None
+        match = self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=self.figures_due) \
+            if rank == 0 else None
         gen_idx, real_idx, stats = self.trainer.strategy.broadcast(
             None if match is None else (match.gen_idx.cpu(), match.real_idx.cpu(), match.stats), src=0
         )
@@ -123,16 +126,29 @@ class OTGenerator(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         y, ids = batch
+        self.figures_due = self._figures_due()
         stats = self.mode.round(self, y, ids)
         self.rounds += 1
-        stats["lr"] = self.optimizers().param_groups[0]["lr"]
-        self.log("train/matched_cost", stats.pop("matched_cost"), prog_bar=True)
-        self.log_dict({f"train/{k}": float(v) for k, v in stats.items()})
+        if self.figures_due:
+            stats["lr"] = self.optimizers().param_groups[0]["lr"]
+            self.log("train/matched_cost", float(stats.pop("matched_cost")), prog_bar=True)
+            self.log_dict({f"train/{k}": float(v) for k, v in stats.items()})
+
+    def _figures_due(self) -> bool:
+        """Lightning writes step metrics every `log_every_n_steps` batches (one batch, one
+        round): compute and log the round's figures on those rounds (self.log costs about a
+        millisecond per figure), on the last step, and every round of a mode whose rounds
+        are long."""
+        trainer, every = self.trainer, self.trainer.log_every_n_steps
+        return bool(self.mode.figures_every_round or trainer.fast_dev_run
+                    or (every > 0 and (int(self.rounds) + 1) % every == 0)
+                    or 0 <= trainer.max_steps <= self.global_step + 1)
 
     # -- validation ----------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
         (y,) = batch
-        x = self.sample(len(y))
+        with own_rng(self.device):  # the same latents every validation; training's stream untouched
+            x = self.sample(len(y))
         if self.w2_floor is None:
             self.w2_floor = self._noise_floor(len(y))
         dist = w2(x, y)

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
@@ -112,8 +113,7 @@ class PointCloudPlots(L.Callback):
         fig = Figure(figsize=(5, 5))
         ax = fig.add_subplot()
         xs, ys = x.cpu().numpy(), y.cpu().numpy()
-        for a, b in zip(xs, ys):
-            ax.plot([a[0], b[0]], [a[1], b[1]], color="0.6", lw=0.6)
+        ax.add_collection(LineCollection(np.stack([xs, ys], 1), colors="0.6", linewidths=0.6))
         ax.scatter(ys[:, 0], ys[:, 1], s=8, label="real")
         ax.scatter(xs[:, 0], xs[:, 1], s=8, label="generated")
         ax.set_aspect("equal")

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ot_gen.metrics import unseen_sample_distances
 from ot_gen.modes import Mode
 from ot_gen.module import OTGenerator
 from ot_gen.pictures import unseen_sample_pictures
+from ot_gen.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +84,29 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     mode.check_data(len(data.train_set), cfg.data.get("name", cfg.data.get("source")))
     config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, mode, run_record.DataInfo.of(data))
-    callbacks = [run_record.RunRecord(config), *_instantiate_all("callbacks", cfg.get("callbacks"))]
+    callbacks = [run_record.RunRecord(config), ValidationClock(), *_instantiate_all("callbacks", cfg.get("callbacks"))]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
     loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg, record))
     trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(config)
     return module, data, trainer
+
+
+class ValidationClock(L.Callback):
+    """Seconds spent in validations (metrics, pictures, checkpoints) during `fit`, so
+    metrics.json can tell training time from validation time."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.seconds += time.perf_counter() - self._start
 
 
 def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGenerator:
@@ -140,12 +159,14 @@ def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> Matcher:
 # -- one run ----------------------------------------------------------------------------
 def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
+    log.info("run dir %s", cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data, trainer = build(cfg)
     try:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
         fit_s = time.perf_counter() - fit_start
+        val_s = next(cb.seconds for cb in trainer.callbacks if isinstance(cb, ValidationClock))
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
         val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
@@ -156,6 +177,8 @@ def run(cfg: DictConfig) -> float:
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
             "s_per_round": fit_s / max(int(module.rounds), 1),
+            "val_s": val_s,  # of fit_s, in validations
+            "train_s_per_step": (fit_s - val_s) / max(trainer.global_step, 1),
             "wall_s": time.perf_counter() - start,
         }
         if trainer.is_global_zero:
@@ -187,6 +210,9 @@ def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> Non
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update(metrics)
+            run_files = Path(lg.experiment.dir).parent
+            if run_files.name.startswith("offline-run"):
+                log.info("W&B run saved offline; upload it with: wandb sync %s", run_files)
     log.info(
         "val/w2 %.4f (floor %.4f, ratio %.2f), val/energy %.4f, %d steps in %.1f s; run dir %s",
         metrics["val/w2"], metrics["val/w2_floor"], metrics["val/w2_ratio"], metrics["val/energy"],
@@ -202,7 +228,15 @@ def _finish_wandb() -> None:
 
 
 # -- the Hydra task: user mistakes and numerical faults as one-line errors ----------------
+def quiet_libraries() -> None:
+    """Keep the console to what helps: no device report or advertising tip from Lightning
+    (its INFO lines), no deprecation notice that Lightning's own code triggers in torch."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def task(cfg: DictConfig) -> float:
+    quiet_libraries()
     try:
         return run(cfg)
     except OTGenError as e:

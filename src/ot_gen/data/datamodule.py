@@ -73,13 +73,13 @@ class OTDataModule(L.LightningDataModule):
         """Batches (reals, their training-set indices), `batch_size` of them (at most the
         training set), in an order that depends only on the seed and `rounds_served`."""
         n = len(self.train_set)
-        batch_size = min(self.batch_size, n)
         return DataLoader(
+            # A whole batch is one index into the tensors (batch_size=None: the sampler
+            # yields the batches), not `batch_size` items collated one by one.
             TensorDataset(self.train_set, torch.arange(n)),
-            batch_size=batch_size,
-            # Under DDP one round takes batch_size reals on each of the W ranks.
-            sampler=EpochShuffle(n, batch_size * self._world_size(), self.seed, lambda: self.rounds_served),
-            drop_last=True,
+            batch_size=None,
+            sampler=EpochShuffle(n, min(self.batch_size, n), self._world_size(), self.seed,
+                                 lambda: self.rounds_served),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
@@ -106,25 +106,29 @@ class OTDataModule(L.LightningDataModule):
                           generator=torch.Generator().manual_seed(self.seed))
 
 
-class EpochShuffle(Sampler[int]):
-    """A random order per pass over the data that depends only on (seed, pass index),
-    never on the global RNG. The pass and the position in it are counted from the rounds
-    already served (`rounds_served()`), not from Lightning's epoch counter: a run resumed
-    from a checkpoint taken mid-pass yields only the rest of that pass, in the same order,
-    so it sees exactly the data the uninterrupted run would have seen."""
+class EpochShuffle(Sampler[list[int]]):
+    """Batches of a random order per pass over the data that depends only on (seed, pass
+    index), never on the global RNG. The pass and the position in it are counted from the
+    rounds already served (`rounds_served()`), not from Lightning's epoch counter: a run
+    resumed from a checkpoint taken mid-pass yields only the rest of that pass, in the same
+    order, so it sees exactly the data the uninterrupted run would have seen. Under DDP
+    a round is `world` batches, one per rank (Lightning hands rank r the batches r, r + W,
+    ...); a pass is as many whole rounds as the data holds."""
 
-    def __init__(self, n: int, reals_per_round: int, seed: int, rounds_served: Callable[[], int]):
-        self.n, self.batch_size, self.seed, self.rounds_served = n, reals_per_round, seed, rounds_served
-        self.batches = max(n // reals_per_round, 1)
+    def __init__(self, n: int, batch_size: int, world: int, seed: int, rounds_served: Callable[[], int]):
+        self.n, self.batch_size, self.world, self.seed, self.rounds_served = n, batch_size, world, seed, rounds_served
+        self.rounds = max(n // (batch_size * world), 1)  # rounds per pass
 
     def __iter__(self):
         done = self.rounds_served()
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + done // self.batches)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + done // self.rounds)
         order = torch.randperm(self.n, generator=gen)
-        return iter(order[(done % self.batches) * self.batch_size :].tolist())
+        first = (done % self.rounds) * self.world
+        return iter(order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+                    for b in range(first, self.rounds * self.world))
 
     def __len__(self) -> int:
-        return self.n
+        return self.rounds * self.world
 
 
 class ToyDataModule(OTDataModule):

@@ -53,9 +53,11 @@ class ExactMatcher(Matcher):
     - `hungarian`: scipy's `linear_sum_assignment`, each real repeated `each_real` times
       as columns (slow for k > 1 on large problems; kept as an independent check).
     - `auto` (default): `auction` when the cost matrix has at least `AUTO_MIN_ENTRIES`
-      entries, `pot` below. On 1000 × 10,000 the auction solved 8-43× faster than
-      `ot.emd` (d = 2 to 3072, benchmarks/matching.py, README); at 256 × 256 both take
-      milliseconds, and the default 2-D run (256 × 256 per step) was no faster with it.
+      entries; below that `hungarian` when each real takes one partner, `pot` otherwise.
+      On 1000 × 10,000 the auction solved 8-43× faster than `ot.emd` (d = 2 to 3072,
+      benchmarks/matching.py, README); at 256 × 256 all take milliseconds, and there
+      scipy's solver, which returns the pairs without a dense plan, took 4.1 ms per
+      round of the default run against 5.9 ms for `ot.emd` (benchmarks/overhead.py).
 
     Warm start (`warm_start`, auction): the dual price of every real solved in earlier
     rounds, kept by its training-set index (`n_reals` of them, bound from the data; the
@@ -91,7 +93,8 @@ class ExactMatcher(Matcher):
         C = self.cost_matrix(x.double(), y.double(), cost)
         solver = self.solver
         if solver == "auto":
-            solver = "auction" if C.numel() >= self.AUTO_MIN_ENTRIES else "pot"
+            small = C.numel() < self.AUTO_MIN_ENTRIES
+            solver = "auction" if not small else "hungarian" if each_real == 1 else "pot"
         if solver == "hungarian":
             return self._to_pairs(self._hungarian(C, each_real), n, each_real, x.device)
         if solver == "pot":

@@ -88,9 +88,11 @@ class Matcher(nn.Module):
         return y, ids
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, each_real: int = 1,
-                real_ids: torch.Tensor | None = None) -> Matching:
+                real_ids: torch.Tensor | None = None, diagnostics: bool = True) -> Matching:
         """Pairs of generated points `x` and reals `y` (with training-set indices
-        `real_ids`, when known: per-real state such as warm-start prices is kept by them)."""
+        `real_ids`, when known: per-real state such as warm-start prices is kept by them).
+        `diagnostics=False` skips the figures that every matcher reports (matched and
+        identity cost, partner counts): rounds whose figures are not logged."""
         m, n = len(x), len(y)
         check_positive_int("each_real", each_real)
         if x.shape[1:] != y.shape[1:]:
@@ -109,7 +111,7 @@ class Matcher(nn.Module):
             pairs = self._pair(x.detach(), y.detach(), cost, each_real, real_ids)
             gen_idx, real_idx, extra = self._split_stats(pairs)
             solve_s = time.perf_counter() - start
-            stats = self._diagnostics(x, y, cost, each_real, gen_idx, real_idx)
+            stats = self._diagnostics(x, y, cost, each_real, gen_idx, real_idx) if diagnostics else {}
         stats.update(extra, solve_s=solve_s)
         return Matching(gen_idx, real_idx, stats)
 
