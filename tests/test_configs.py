@@ -104,6 +104,12 @@ def test_the_default_config_is_the_documented_one(config):
         ("cost=ssim", "cost.data_range=None is not allowed: the data's value range"),
         ("data.name=moon", "data.name='moon' is not allowed: one of"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt' is not allowed: an existing checkpoint file"),
+        ("seed=-1", "seed=-1 is not allowed: an integer in [0, 2**32)"),
+        ("seed=abc", "seed='abc' is not allowed: an integer in [0, 2**32)"),
+        ("eval.chunk=0", "eval.chunk=0 is not allowed: an integer >= 1"),
+        ("eval.n_generated=-5", "eval.n_generated=-5 is not allowed: an integer >= 0"),
+        ("eval.n_heldout=abc", "eval.n_heldout='abc' is not allowed: an integer >= 1"),
+        ("val_samples=1", "val_samples=1 is not allowed: an integer >= 2"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(config, override, message):

@@ -79,3 +79,48 @@ def test_a_checkpoint_without_a_run_record_is_named(tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert sample(sample_config(f"ckpt_path={tmp_path / 'other.ckpt'}", f"out={tmp_path / 'x.npy'}")) == 1
     assert f"checkpoint {tmp_path / 'other.ckpt'} was not written by ot_gen training" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    from conftest import make_config
+
+    out = tmp_path_factory.mktemp("run")
+    run(make_config(*TINY, "logger=none", out_dir=out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_outputs_never_replace_the_checkpoint_or_a_folder_and_are_checked_first(trained_checkpoint, tmp_path, capsys):
+    ckpt = trained_checkpoint
+    before = ckpt.read_bytes()
+    cases = [
+        ([f"out={ckpt}"], f"out='{ckpt}' is not allowed: a file name ending in .npy"),
+        ([f"out={tmp_path / 'x.npy'}", f"png={ckpt}"], f"png='{ckpt}' is not allowed: a file name ending in .png"),
+        ([f"out={tmp_path}"], "not allowed: a file name ending in .npy"),
+        ([f"out={tmp_path / 'x.npy'}", f"png={tmp_path / 'x.gif'}"],
+         f"png='{tmp_path / 'x.gif'}' is not allowed: a file name ending in .png"),
+        ([f"out={tmp_path / 'x.npy'}", "seed=1.5"], "seed=1.5 is not allowed: an integer >= 0"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([f"out={tmp_path / 'x.npy'}", "device=cuda"], "device='cuda' is not allowed: auto or cpu"))
+    for args, message in cases:
+        assert sample(sample_config(f"ckpt_path={ckpt}", *args)) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert ckpt.read_bytes() == before
+    assert not list(tmp_path.iterdir()), "nothing written before the arguments were checked"
+
+
+def test_a_failed_write_leaves_the_previous_output_whole_and_no_partial_file(trained_checkpoint, tmp_path, capsys,
+                                                                            monkeypatch):
+    out = tmp_path / "s.npy"
+    assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=300", f"out={out}")) == 0
+    previous = out.read_bytes()
+
+    def disk_full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", disk_full)
+    assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=5000", f"out={out}")) == 1
+    assert f"could not write out={out}" in capsys.readouterr().err
+    assert out.read_bytes() == previous and np.load(out).shape == (300, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"], "no .partial file left"

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ot_gen import checkpoints, run_record
 from ot_gen.costs import Cost
-from ot_gen.errors import ConfigError, OTGenError, check
+from ot_gen.errors import ConfigError, OTGenError, check, check_positive_int
 from ot_gen.matching import Matcher
 from ot_gen.metrics import unseen_sample_distances
 from ot_gen.modes import Mode
@@ -69,9 +69,10 @@ def _resumed_wandb_run(cfg: DictConfig, record: run_record.Record | None) -> dic
 
 
 def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Trainer]:
-    """Every object of a run, each value checked before any long work starts."""
-    check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
-          f"one of {', '.join(VAL_METRICS)}")
+    """Every object of a run, each value checked before any long work starts; the global
+    random streams seeded from `seed` before any object draws from them."""
+    _check_top_level(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     _check_sweep_direction(cfg)
     # `last` -> the newest last.ckpt of this task; a bad file fails now
     ckpt_path, ckpt = checkpoints.resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir).parent)
@@ -127,6 +128,17 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGe
     return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
 
 
+def _check_top_level(cfg: DictConfig) -> None:
+    """The keys of conf/train.yaml itself (no config group checks them)."""
+    check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and 0 <= cfg.seed < 2**32, "seed", cfg.seed,
+          "an integer in [0, 2**32)")
+    check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
+          f"one of {', '.join(VAL_METRICS)}")
+    check_positive_int("val_samples", cfg.val_samples, minimum=2)
+    for key, minimum in (("n_heldout", 1), ("n_generated", 0), ("chunk", 1)):
+        check_positive_int(f"eval.{key}", cfg.eval[key], minimum)
+
+
 def _check_sweep_direction(cfg: DictConfig) -> None:
     """A sweeper that optimises (Optuna) must minimise: every val/* metric is a distance."""
     if not HydraConfig.initialized():
@@ -160,7 +172,6 @@ def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> Matcher:
 def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     log.info("run dir %s", cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data, trainer = build(cfg)
     try:
         fit_start = time.perf_counter()
