@@ -6,6 +6,7 @@ bugs); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -49,8 +50,8 @@ def check_positive_int(key: str, value: Any, minimum: int = 1) -> int:
 
 
 def check_positive(key: str, value: Any) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    check(ok, key, value, "a number > 0")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+    check(ok, key, value, "a number > 0 (finite)")
     return float(value)
 
 

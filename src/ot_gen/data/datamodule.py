@@ -142,7 +142,7 @@ class ToyDataModule(OTDataModule):
                  seed: int = 0, num_workers: int = 0, batch_size: int = 256):
         super().__init__(check_positive_int("n_train", n_train), n_val, seed, num_workers, batch_size)
         self.name = check_choice("name", name, list(toy.SAMPLERS))
-        check(isinstance(noise, (int, float)) and noise >= 0, "noise", noise, "a number >= 0")
+        check(isinstance(noise, (int, float)) and 0 <= noise < float("inf"), "noise", noise, "a number >= 0 (finite)")
         self.noise = float(noise)
 
     def _make(self):
