@@ -168,7 +168,7 @@ class ExactMatcher(Matcher):
         priced = self.priced[ids]
         if priced.double().mean() < 0.5:
             return None
-        prices = torch.where(priced, self.prices[ids], torch.zeros_like(self.prices[ids])).cpu().numpy()
+        prices = self.prices[ids].cpu().numpy()  # 0, the round's mean, for reals never priced
         return np.append(prices, [float(self.dummy_price)] * (columns - len(ids)))
 
     def _remember(self, ids: torch.Tensor | None, prices: np.ndarray) -> None:
