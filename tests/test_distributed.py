@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import FAST, ROOT, python_env
+from ot_gen.checkpoints import load
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "eval.n_generated=1000", "callbacks=none"]
 
@@ -38,3 +42,39 @@ def test_minibatch_ddp_matches_per_rank_and_trains(tmp_path):
     metrics = train(tmp_path, "trainer.max_steps=20", "mode.val_every_rounds=10")
     assert metrics["train/reals_in_solve"] == 256, "the minibatch mode matches each rank's batch on its own"
     assert metrics["steps"] == 20 and metrics["val/w2"] < 5
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("target", ["process group", "rank 1"])
+def test_sigterm_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path, target):
+    """Lightning's own SIGTERM handler broadcasts from inside the handler: with the signal
+    sent to the process group, both ranks used to wait forever after `Received SIGTERM`."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *DDP[:-1], "trainer.max_steps=100000", "mode.val_every_rounds=5",
+           "callbacks.point_cloud_plots.n_points=100", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        deadline = time.time() + 180
+        while not ckpt.exists():
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        time.sleep(1.0)  # mid-training, past the first checkpoint
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if target == "process group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(int(children[0]), signal.SIGTERM)
+        start = time.time()
+        out, _ = proc.communicate(timeout=60)
+        assert time.time() - start < 30
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("resume with ckpt_path=") == 1, out[-3000:]
+    saved = load(ckpt)
+    assert saved["global_step"] >= 5 and not list(run_dir.glob("checkpoints/*.tmp"))
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).returncode == 1, "a rank is left"

@@ -39,16 +39,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)  # no half-written file left behind
+            if isinstance(e, (OSError, RuntimeError)):
+                kept = f"; the previous {path.name} is intact" if path.exists() else ""
+                raise CheckpointError(f"could not write the checkpoint {path} ({_reason(e)}){kept}") from None
+            raise
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
         return load(path, map_location)
+
+
+def _reason(e: BaseException) -> str:
+    """An OS error's reason without the traceback ("No space left on device"); torch wraps
+    write errors in a RuntimeError that names the file and the errno."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
 
 
 def save_last(trainer: L.Trainer) -> Path | None:
@@ -77,6 +92,12 @@ class SaveOnInterrupt(L.Callback):
                         type(exception).__name__, trainer.global_step, path, path)
 
 
+def newest_last(runs_dir: Path) -> Path | None:
+    """The most recently written `*/checkpoints/last.ckpt` under `runs_dir`, if any."""
+    found = sorted(Path(runs_dir).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     """`last`: the newest `checkpoints/last.ckpt` under the task's runs dir. A path: must
     exist and be readable. Checked before any long work starts; returns the path and the
@@ -84,10 +105,10 @@ def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> tuple[str | None
     if not ckpt_path:
         return None, None
     if ckpt_path == "last":
-        found = sorted(runs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        found = newest_last(runs_dir)
+        if found is None:
             raise ConfigError("ckpt_path", "last", f"a run with checkpoints/last.ckpt under {runs_dir}; none found")
-        ckpt_path = str(found[-1])
+        ckpt_path = str(found)
         log.info("ckpt_path=last: resuming from %s", ckpt_path)
     if not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or last")

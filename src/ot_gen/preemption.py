@@ -1,0 +1,91 @@
+"""SIGTERM (a cluster pre-empting the job) stops a run within seconds, in one process or
+under DDP, in training or in the final evaluation, keeping what is saved.
+
+In training, `SaveOnInterrupt` (checkpoints.py) saves `last.ckpt` once Lightning raises
+its `SIGTERMException`; this module makes every rank raise it at the same point of the
+loop. After training, `stops_on_sigterm` turns a SIGTERM into that exception at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
+
+log = logging.getLogger(__name__)
+
+
+class NotingSignalConnector(_SignalConnector):
+    """Lightning's signal connector, whose SIGTERM handler only takes note.
+
+    Lightning's own handler (2.6) calls `torch.distributed.broadcast` from inside the
+    handler, at whatever point the signal interrupts the rank. The other rank is then in
+    a different collective (its gradient all-reduce, the oversampled round's gather), or
+    runs the handler's broadcast twice when the signal reached it both from the shell and
+    forwarded by rank 0: the collectives pair wrongly and every rank waits forever. Here
+    the handler forwards the signal to the ranks this process launched and notes it;
+    `Preemption` makes the ranks agree at the end of a training batch."""
+
+    def __init__(self, trainer: L.Trainer):
+        super().__init__(trainer)
+        self.noted = False
+
+    def register_signal_handlers(self) -> None:
+        super().register_signal_handlers()
+        self.noted = False
+
+    def _sigterm_notifier_fn(self, signum, frame) -> None:
+        log.info(rank_prefixed_message(f"Received SIGTERM: {signum}", self.trainer.local_rank))
+        if not self.noted and self.trainer.strategy.launcher is not None:
+            self.trainer.strategy.launcher.kill(signum)
+        self.noted = True
+        if self.trainer.world_size == 1:
+            self.received_sigterm = True  # one process: Lightning stops after this batch
+
+
+class Preemption(L.Callback):
+    """Installs `NotingSignalConnector`, and after every training batch turns the ranks'
+    notes into one decision (any rank signalled: all stop), taken by every rank at the
+    same point, so they raise `SIGTERMException` together and `SaveOnInterrupt` saves
+    `last.ckpt` once (a collective save) before every rank exits."""
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if not isinstance(trainer._signal_connector, NotingSignalConnector):
+            trainer._signal_connector = NotingSignalConnector(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        connector = trainer._signal_connector
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([int(connector.noted)], device=trainer.strategy.root_device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            connector.received_sigterm = bool(flag.item())
+
+
+@contextmanager
+def stops_on_sigterm(trainer: L.Trainer, phase: str, kept: str) -> Iterator[None]:
+    """While in the block (the final validation and evaluation, outside Lightning's loop),
+    a SIGTERM raises `SIGTERMException` at once, after forwarding it to the launched ranks.
+    `kept` says what stays saved; logged once by rank zero."""
+
+    def handler(signum, frame):
+        if trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)
+        raise SIGTERMException()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            log.warning("SIGTERM during %s: stopped; %s", phase, kept)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
