@@ -114,6 +114,16 @@ def test_the_default_config_is_the_documented_one(config):
         ("eval.n_generated=-5", "eval.n_generated=-5 is not allowed: an integer >= 0"),
         ("eval.n_heldout=abc", "eval.n_heldout='abc' is not allowed: an integer >= 1"),
         ("val_samples=1", "val_samples=1 is not allowed: an integer >= 2"),
+        ("trainer.max_steps=abc", "trainer.max_steps='abc' is not allowed: an integer"),
+        ("trainer.max_steps=1.5", "trainer.max_steps=1.5 is not allowed: an integer"),
+        ("trainer.max_steps=-5", "trainer.max_steps=-5 is not allowed: `max_steps` must be a non-negative integer"),
+        ("trainer.devices=abc", "trainer.devices='abc' is not allowed: `devices` selected with `CPUAccelerator`"),
+        ("trainer.log_every_n_steps=abc", "trainer.log_every_n_steps='abc' is not allowed: an integer or null"),
+        ("trainer.accelerator=tpu", "trainer='lightning.pytorch.Trainer' is not allowed: Requirement 'torch_xla"),
+        ("optimizer.lr=inf", "optimizer.lr=inf is not allowed: a finite number"),
+        ("optimizer.lr=abc", "optimizer.lr='abc' is not allowed: a number"),
+        ("scheduler.eta_min=nan", "scheduler.eta_min=nan is not allowed: a finite number"),
+        ("overwrite=maybe", "overwrite='maybe' is not allowed: true or false"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(config, override, message):

@@ -88,10 +88,12 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint .*last.ckpt \(disk full\); the "
+                       "previous last.ckpt is intact"):
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert load(path)["global_step"] == 1
+    assert not (tmp_path / "last.ckpt.tmp").exists(), "the half-written file is removed"
 
 
 def test_a_truncated_checkpoint_is_an_error_naming_the_file(tmp_path, config):

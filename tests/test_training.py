@@ -12,6 +12,7 @@ import torch
 
 from conftest import ROOT, python_env
 from ot_gen.metrics import w2
+from ot_gen.errors import ConfigError
 from ot_gen.train import build, run
 
 # A round of each mode that trains in a few seconds on 2 cores.
@@ -93,8 +94,10 @@ def test_resume_from_checkpoint_continues_the_run(config):
     ckpt = ROOT / first.paths.output_dir / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["ot_gen"]["config"]["prior"]["_target_"].endswith("GaussianMixturePrior")
-    resumed = config(*MODES["oversampled"], "prior=gmm", "trainer.max_steps=160", f"ckpt_path={ckpt}",
-                     "seed=5")  # another seed: the centres must come from the checkpoint
+    other_seed = config(*MODES["oversampled"], "prior=gmm", "trainer.max_steps=160", f"ckpt_path={ckpt}", "seed=5")
+    with pytest.raises(ConfigError, match="seed: 0 in the checkpoint, 5 now"):  # another data split, other centres
+        build(other_seed)
+    resumed = config(*MODES["oversampled"], "prior=gmm", "trainer.max_steps=160", f"ckpt_path={ckpt}")
     module, data, trainer = build(resumed)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt))
     assert trainer.global_step == 160

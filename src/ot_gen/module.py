@@ -10,6 +10,7 @@ steps, so `trainer.max_steps` means optimizer steps in both modes.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import lightning as L
@@ -113,16 +114,36 @@ class OTGenerator(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         # Stepped by `step` after every optimizer step (manual optimization).
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        scheduler = self.scheduler_factory(optimizer)
+        self._configured_t_max = getattr(scheduler, "T_max", None)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_fit_start(self) -> None:
         self.matcher.bind(self.trainer.datamodule.train_set)
 
     def on_train_start(self) -> None:
+        self._stretch_schedule()
         if self.trainer.world_size > 1:
             # Every rank starts from the same seed (or the same restored RNG state): fork the
             # stream by rank, deterministically, so ranks draw different latents.
             torch.manual_seed(int(torch.randint(2**62, ())) + self.global_rank)
+
+    def _stretch_schedule(self) -> None:
+        """A run resumed with another `trainer.max_steps` (so another cosine `T_max`) goes on
+        as if it had been started with the new one: from here, the learning rate is that of
+        the new schedule at this step, ending at eta_min on the new last step. The restored
+        scheduler state would otherwise keep the old T_max, and the cosine would climb back
+        to the initial rate past the old end."""
+        scheduler = self.lr_schedulers()
+        t_max = getattr(self, "_configured_t_max", None)
+        if scheduler is None or t_max is None or scheduler.T_max == t_max:
+            return
+        scheduler.T_max = t_max
+        progress = math.cos(math.pi * min(scheduler.last_epoch, t_max) / t_max)
+        lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + progress) / 2 for base in scheduler.base_lrs]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs  # what get_last_lr() reports
 
     def training_step(self, batch, batch_idx):
         y, ids = batch

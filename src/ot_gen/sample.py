@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from ot_gen import checkpoints, run_record
 from ot_gen.errors import ConfigError, OTGenError, check, check_choice, check_positive_int
 from ot_gen.module import OTGenerator
-from ot_gen.train import build_module, instantiate_group
+from ot_gen.config_checks import instantiate_group
+from ot_gen.train import build_module
 
 
 def load_module(ckpt_path: str | Path, device: str = "cpu") -> tuple[OTGenerator, run_record.DataInfo]:

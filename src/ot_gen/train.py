@@ -16,45 +16,27 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ot_gen import checkpoints, run_record
 from ot_gen.costs import Cost
-from ot_gen.errors import ConfigError, OTGenError, check, check_positive_int
+from ot_gen.config_checks import (
+    LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_resume_config, check_top_level, instantiate_group,
+)
+from ot_gen.errors import ConfigError, OTGenError, check
 from ot_gen.matching import Matcher
 from ot_gen.metrics import unseen_sample_distances
 from ot_gen.modes import Mode
 from ot_gen.module import OTGenerator
 from ot_gen.pictures import unseen_sample_pictures
+from ot_gen.preemption import Preemption, stops_on_sigterm
 from ot_gen.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
-VAL_METRICS = ("val/w2", "val/w2_ratio", "val/energy", "val/sliced_w2")
-
-
 # -- building objects from config groups, with errors that name the key ---------------------
-def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate(node, **kwargs)`, where an unknown key or a value the
-    target rejects becomes a `ConfigError` naming `group.key`."""
-    target = hydra.utils.get_object(node._target_)
-    params = inspect.signature(target).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        allowed = [p for p in params if p not in kwargs and p != "self"]
-        for key in node:
-            if not str(key).startswith("_") and key not in params:
-                raise ConfigError(f"{group}.{key}", node[key], f"a key of {group}: {', '.join(allowed)}")
-    try:
-        return hydra.utils.instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ConfigError):
-            raise e.__cause__.under(group) from None
-        raise
-
-
 def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dict[str, Any]) -> list[Any]:
     """Instantiate every entry of a dict-of-configs group (callbacks, logger)."""
     return [instantiate_group(f"{group}.{name}", node, **kwargs_by_name.get(name, {}))
@@ -71,7 +53,9 @@ def _resumed_wandb_run(cfg: DictConfig, record: run_record.Record | None) -> dic
 def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Trainer]:
     """Every object of a run, each value checked before any long work starts; the global
     random streams seeded from `seed` before any object draws from them."""
-    _check_top_level(cfg)
+    check_top_level(cfg)
+    check_all_types(cfg)
+    check_finite_numbers(OmegaConf.to_container(cfg, resolve=True), only=LIBRARY_GROUPS)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     _check_sweep_direction(cfg)
     # `last` -> the newest last.ckpt of this task; a bad file fails now
@@ -79,13 +63,17 @@ def build(cfg: DictConfig) -> tuple[OTGenerator, L.LightningDataModule, L.Traine
     record = None if ckpt is None else run_record.read(ckpt, ckpt_path)
     with open_dict(cfg):
         cfg.ckpt_path = ckpt_path
+    if record is not None:
+        check_resume_config(record.config, OmegaConf.to_container(cfg, resolve=True), ckpt_path)
     mode = instantiate_group("mode", cfg.mode)
     data = instantiate_group("data", cfg.data, batch_size=mode.reals_per_round)
     data.setup("fit")  # the data's shape and size decide the network's and the matcher's
     mode.check_data(len(data.train_set), cfg.data.get("name", cfg.data.get("source")))
     config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, mode, run_record.DataInfo.of(data))
-    callbacks = [run_record.RunRecord(config), ValidationClock(), *_instantiate_all("callbacks", cfg.get("callbacks"))]
+    check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
+    callbacks = [run_record.RunRecord(config), ValidationClock(), Preemption(),
+                 *_instantiate_all("callbacks", cfg.get("callbacks"))]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg, record))
@@ -119,24 +107,13 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGe
     generator = instantiate_group("network", cfg.network, out_shape=data.shape)
     cost, match_cost = _costs(cfg)
     matcher = _matcher(cfg, mode, data)
-    optimizer = hydra.utils.instantiate(cfg.optimizer)
+    optimizer = instantiate_group("optimizer", cfg.optimizer)
     try:
         optimizer(generator.parameters())  # torch checks lr, betas, ... here
     except (ValueError, TypeError) as e:
         raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
-    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    scheduler = instantiate_group("scheduler", cfg.scheduler) if cfg.get("scheduler") else None
     return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
-
-
-def _check_top_level(cfg: DictConfig) -> None:
-    """The keys of conf/train.yaml itself (no config group checks them)."""
-    check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and 0 <= cfg.seed < 2**32, "seed", cfg.seed,
-          "an integer in [0, 2**32)")
-    check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
-          f"one of {', '.join(VAL_METRICS)}")
-    check_positive_int("val_samples", cfg.val_samples, minimum=2)
-    for key, minimum in (("n_heldout", 1), ("n_generated", 0), ("chunk", 1)):
-        check_positive_int(f"eval.{key}", cfg.eval[key], minimum)
 
 
 def _check_sweep_direction(cfg: DictConfig) -> None:
@@ -179,12 +156,15 @@ def run(cfg: DictConfig) -> float:
         fit_s = time.perf_counter() - fit_start
         val_s = next(cb.seconds for cb in trainer.callbacks if isinstance(cb, ValidationClock))
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
-        val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+        with stops_on_sigterm(trainer, "the final evaluation", "checkpoints/last.ckpt holds the final state; "
+                              "metrics.json is not written: run again with ckpt_path=<that file> to evaluate it"):
+            checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
+            val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+            unseen = _unseen_sample_metrics(cfg.eval, module, data, trainer)
         metrics = {
             **train_metrics,
             **val_metrics,
-            **_unseen_sample_metrics(cfg.eval, module, data, trainer),
+            **unseen,
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
             "s_per_round": fit_s / max(int(module.rounds), 1),
@@ -248,13 +228,32 @@ def quiet_libraries() -> None:
 
 def task(cfg: DictConfig) -> float:
     quiet_libraries()
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    sweeping = bool(hydra_cfg) and hydra_cfg.mode == RunMode.MULTIRUN
     try:
         return run(cfg)
-    except OTGenError as e:
-        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or (hydra_cfg and hydra_cfg.verbose):
+    except Exception as e:
+        full = os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(hydra_cfg and hydra_cfg.verbose)
+        mistake = isinstance(e, OTGenError)  # a user mistake or a numerical fault: one line
+        if full and not sweeping:
             raise
-        log.error("%s: %s", type(e).__name__, e)
-        if hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN and not isinstance(e, ConfigError):
-            return float("inf")  # one diverged job does not stop the sweep
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+        if mistake and not full:
+            log.error("%s: %s", type(e).__name__, e)
+        else:
+            log.exception("%s: %s", type(e).__name__, e)  # a bug: its traceback
+        if not sweeping:
+            if not mistake:
+                raise
+            sys.exit(2 if isinstance(e, ConfigError) else 1)
+        # one failed job (a bad value, a divergence, a crash) is a `failed` row of the
+        # sweep summary, with its reason; the other jobs run, and the sweeper sees inf
+        _record_failure(Path(cfg.paths.output_dir), f"{type(e).__name__}: {e}")
+        return float("inf")
+
+
+def _record_failure(out_dir: Path, reason: str) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "failed.txt").write_text(reason.splitlines()[0] + "\n")
+    except OSError:
+        log.warning("could not write %s", out_dir / "failed.txt")
