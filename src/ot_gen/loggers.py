@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
+import socket
+import threading
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import torch
@@ -12,6 +16,8 @@ from matplotlib.figure import Figure
 from torchvision.utils import save_image
 
 from ot_gen.errors import check_choice
+
+log = logging.getLogger(__name__)
 
 
 def wandb_logged_in() -> bool:
@@ -24,6 +30,30 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def wandb_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the W&B server cannot be reached (None when a TCP connection opens within
+    `timeout` s). wandb.init itself would wait 90 s and then fail with a traceback."""
+    url = urlsplit(wandb_url())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:  # the name lookup ignores socket timeouts: bounded by the join below
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e.strerror or str(e) or type(e).__name__)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
 def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     """A Lightning `WandbLogger`, online when logged in to W&B and offline otherwise.
 
@@ -34,7 +64,14 @@ def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     if mode == "auto":
         env = os.environ.get("WANDB_MODE")
         mode = env if env in ("online", "offline") else ("online" if wandb_logged_in() else "offline")
-    Path(kwargs.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
+    save_dir = Path(kwargs.get("save_dir", "."))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if mode == "online":
+        unreachable = wandb_unreachable()
+        if unreachable:
+            log.warning("W&B server %s cannot be reached (%s): logging offline under %s; upload later with "
+                        "`wandb sync`", wandb_url(), unreachable, save_dir / "wandb")
+            mode = "offline"
     import wandb
 
     kwargs.setdefault("settings", wandb.Settings(quiet=True))  # no run history and summary tables on the console

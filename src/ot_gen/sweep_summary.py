@@ -20,7 +20,7 @@ COLUMNS = ("val/w2", "val/w2_ratio", "val/energy", "s_per_round", "train/solve_s
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory: its number, one column per override that differs
     between jobs (the sweep's choices), and its metrics. A job that failed before writing
-    metrics.json gets status `failed` and empty metrics."""
+    metrics.json gets status `failed`, empty metrics and its one-line reason (`error`)."""
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     choices = [_overrides(job) for job in jobs]
     keys = list(dict.fromkeys(k for c in choices for k in c))
@@ -32,6 +32,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         row = {"job": int(job.name), **{k: chosen.get(k, "") for k in varying}}
         row["status"] = "ok" if metrics else "failed"
         row.update({c: metrics.get(c, "") for c in COLUMNS})
+        failed = job / "failed.txt"
+        row["error"] = failed.read_text().strip() if failed.exists() and not metrics else ""
         rows.append(row)
     return rows
 
@@ -50,7 +52,7 @@ def write(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(fields) + " |", "|" + " --- |" * len(fields)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")

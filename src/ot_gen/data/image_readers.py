@@ -9,8 +9,13 @@ written to); without a network, the error says which files are expected where.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
+import os
 import pickle
+import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,6 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.datasets.utils import extract_archive
 
 from ot_gen.errors import OTGenError
 
@@ -63,18 +67,47 @@ def _find(root: Path, folder: str, name: str) -> Path | None:
 
 def _readable(path: Path, cache: Path) -> Path:
     """The uncompressed file: `path` itself, or `path` decompressed once into `cache`
-    (data folders may be read-only, so nothing is written next to the data)."""
+    (data folders may be read-only, so nothing is written next to the data).
+
+    The cached copy is named by the source's content (size and SHA-256), so another file
+    of the same name (another data.root, a replaced download) never reuses it; it is
+    written to a temporary name and renamed into place, so a run killed while
+    decompressing leaves no truncated copy behind."""
     if path.suffix != ".gz":
         return path
-    target = cache / path.stem
-    if not target.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        try:
-            extract_archive(str(path), str(cache))
-        except (OSError, EOFError) as e:
-            target.unlink(missing_ok=True)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    target = cache / f"{path.stem}.{path.stat().st_size}-{digest.hexdigest()[:16]}"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.partial.{os.getpid()}")
+    try:
+        with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # (a SIGKILL leaves it, under a name never read)
+        if not isinstance(e, (OSError, EOFError, zlib.error)):
+            raise
+        if isinstance(e, (gzip.BadGzipFile, EOFError, zlib.error)):
             raise DataFileError(f"{path}: cannot be decompressed ({e}); the file is corrupt or truncated") from None
+        raise DataFileError(f"{path}: cannot be decompressed into the cache {tmp} ({e}); "
+                            "set data.cache_dir to a writable folder") from None
     return target
+
+
+def _read_idx(reader, source: Path, cache: Path) -> torch.Tensor:
+    """torchvision's IDX `reader` on `source` (or its decompressed copy), with an error
+    naming the file that was read."""
+    path = _readable(source, cache)
+    try:
+        return reader(str(path))
+    except (AssertionError, RuntimeError, ValueError) as e:
+        where = f" (read from the cache file {path}: delete it to decompress again)" if path != source else ""
+        raise DataFileError(f"{source}: not a valid IDX file ({e}){where}") from None
 
 
 def load_idx(name: str, root: Path, download: bool, cache: Path) -> Splits:
@@ -87,11 +120,8 @@ def load_idx(name: str, root: Path, download: bool, cache: Path) -> Splits:
         found = [_find(root, folder, images), _find(root, folder, labels)]
         if None in found:
             continue
-        try:
-            x = read_image_file(str(_readable(found[0], cache / folder)))
-            y = read_label_file(str(_readable(found[1], cache / folder)))
-        except (AssertionError, RuntimeError, ValueError) as e:
-            raise DataFileError(f"{found[0]} / {found[1]}: not valid IDX files ({e})") from None
+        x = _read_idx(read_image_file, found[0], cache / folder)
+        y = _read_idx(read_label_file, found[1], cache / folder)
         if len(x) != len(y):
             raise DataFileError(f"{found[0]} has {len(x)} images but {found[1]} has {len(y)} labels")
         splits[split] = (x.unsqueeze(1), y.long())

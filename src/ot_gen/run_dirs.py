@@ -1,0 +1,133 @@
+"""One run, one folder: a Hydra callback that claims the run dir (or the sweep dir) before
+Hydra writes anything into it.
+
+- A folder that already holds a run (its `.hydra/`, `metrics.json` or checkpoints) is
+  refused unless the run resumes a checkpoint inside it (`ckpt_path=`) or the user says
+  `overwrite=true` (then that run's files are removed first, nothing else).
+- The claim is atomic (an exclusive `mkdir` of `.hydra/`, an exclusive create of
+  `multirun.yaml`): two runs started in the same second, in two terminals, never share
+  the default folder; the second gets `<name>_2` (`_3`, ...). A folder the user named
+  is refused instead.
+- A folder that cannot be written is refused, naming it, before any work starts.
+
+Every refusal is one line on stderr and exit code 2, as for any config error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from ot_gen.checkpoints import newest_last
+from ot_gen.errors import ConfigError
+
+RUN_FILES = ("metrics.json", "metrics.json.tmp", "checkpoints", "plots", "wandb", "tensorboard", "csv", ".hydra",
+             "failed.txt")
+
+
+def holds_run(folder: Path) -> list[str]:
+    """What in `folder` shows that a run was started there (empty: nothing)."""
+    found = [name for name in (".hydra", "metrics.json") if (folder / name).exists()]
+    if any((folder / "checkpoints").glob("*.ckpt")):
+        found.append("checkpoints/")
+    return found
+
+
+def _user_set(config: DictConfig, key: str) -> bool:
+    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
+
+
+def _resumes_from(config: DictConfig, folder: Path) -> bool:
+    ckpt = config.get("ckpt_path")
+    if not ckpt:
+        return False
+    path = newest_last(folder.parent) if ckpt == "last" else Path(str(ckpt))
+    return path is not None and folder.resolve() in path.resolve().parents
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    print(f"ConfigError: {ConfigError(key, str(value), allowed)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        _fail(key, folder, f"a folder this run can write to ({e.strerror or e})")
+
+
+def _claim(folder: Path, marker: str, exclusive_dir: bool) -> bool:
+    """Create `folder/marker` exclusively; False when it already exists."""
+    try:
+        if exclusive_dir:
+            (folder / marker).mkdir()
+        else:
+            os.close(os.open(folder / marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def claim(config: DictConfig, key: str, marker: str, exclusive_dir: bool) -> Path:
+    """Claim the folder at `config.<key>` for this run (see the module docstring); returns
+    the folder claimed, which differs from the configured one after a same-second clash."""
+    base = Path(str(OmegaConf.select(config, key)))
+    explicit = _user_set(config, key)
+    overwrite = bool(config.get("overwrite", False))
+    folder = base
+    for attempt in range(2, 1000):
+        _check_writable(folder, key)
+        held = holds_run(folder) if exclusive_dir else [m for m in (marker,) if (folder / m).exists()]
+        if held and (overwrite or (exclusive_dir and _resumes_from(config, folder))):
+            if overwrite:
+                for name in (*RUN_FILES, f"{config.hydra.job.name}.log"):
+                    target = folder / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            _claim(folder, marker, exclusive_dir)
+            return folder
+        if not held and _claim(folder, marker, exclusive_dir):
+            return folder
+        if explicit:
+            _fail(key, folder, f"a folder without a run; it holds one ({', '.join(held) or marker}). Resume it with "
+                  "ckpt_path=<its checkpoints/last.ckpt>, pass overwrite=true to replace it, or choose another folder")
+        folder = base.with_name(f"{base.name}_{attempt}")
+    raise RuntimeError(f"no free folder next to {base}")
+
+
+def _secondary_rank() -> bool:
+    """A process started by a distributed launcher as another rank of the same job
+    (Lightning's DDP launcher runs train.py again for rank 1, ... in the same run dir)."""
+    for var in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID"):
+        try:
+            if int(os.environ.get(var, "0")) != 0:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+class RunDirGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _secondary_rank():
+            return  # rank 0 claimed the folder for the whole job
+        folder = claim(config, "hydra.run.dir", ".hydra", exclusive_dir=True)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = str(folder)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = claim(config, "hydra.sweep.dir", "multirun.yaml", exclusive_dir=False)
+        if str(folder) != str(OmegaConf.select(config, "hydra.sweep.dir")):
+            # the jobs' configs are composed again from the overrides: make the new folder one
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweep.dir = str(folder)
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
