@@ -181,6 +181,23 @@ def test_clock_hands_have_one_intensity_and_a_direction(tmp_path):
 def test_deconv_generators_fit_their_image_sizes():
     assert DeconvGenerator(8, (3, 32, 32))(torch.randn(2, 8)).shape == (2, 3, 32, 32)
     assert DeconvGenerator(8, (1, 28, 28), widths=[32, 16])(torch.randn(2, 8)).shape == (2, 1, 28, 28)
+    for upsample in ("nearest", "bilinear"):
+        assert DeconvGenerator(8, (1, 28, 28), widths=[32, 16], upsample=upsample)(torch.randn(2, 8)).shape \
+            == (2, 1, 28, 28)
+
+
+def test_resize_convolution_prints_no_checkerboard():
+    """A flat feature map through the convolutions: transposed convolutions of stride 2
+    give the pixels of even and odd positions different weights (the dot pattern seen in
+    the otgan samples); resize + 3×3 convolution gives a flat image (away from the border)."""
+    torch.manual_seed(0)
+    spread = {}
+    for upsample in ("transposed", "nearest"):
+        net = DeconvGenerator(8, (1, 32, 32), widths=[64, 32, 16], upsample=upsample, output_activation=None).eval()
+        with torch.no_grad():
+            image = net.convs(torch.ones(1, 64, 16, 16))[0, 0, 24:-24, 24:-24]  # 128×128, away from the border
+        spread[upsample] = float(image.std() / image.abs().mean())
+    assert spread["nearest"] < 1e-5 < 0.05 < spread["transposed"], spread
 
 
 def test_network_data_mismatch_is_a_clear_error(config):

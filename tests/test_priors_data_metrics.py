@@ -155,3 +155,19 @@ def test_sliced_w2_is_zero_for_identical_sets_and_the_shift_over_sqrt_d_for_a_sh
     shift = torch.tensor([3.0, 0.0, 4.0, 0.0], dtype=torch.float64)  # |s| = 5, d = 4
     assert sliced_w2(x, x + shift, n_projections=4000) == pytest.approx(5 / 2, rel=0.05)
     assert sliced_w2(x, x + shift) == sliced_w2(x, x + shift), "fixed directions: reproducible"
+
+
+def test_knn_precision_recall_tell_blur_and_collapse_from_a_good_sample():
+    from ot_gen.metrics import knn_precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 8, generator=g)
+    same = torch.randn(500, 8, generator=g)
+    assert min(knn_precision_recall(real, same)) > 0.8, "a second sample of the same law"
+    collapsed = real[:5].repeat(100, 1) + 1e-3 * torch.randn(500, 8, generator=g)
+    precision, recall = knn_precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.1, "realistic samples, little variety"
+    shrunk = 0.3 * torch.randn(500, 8, generator=g)  # what blur does: everything near the mean
+    precision, recall = knn_precision_recall(real, shrunk)
+    assert precision > 0.9 and recall < 0.3
+    assert knn_precision_recall(real, real + 100.0) == (0.0, 0.0)

@@ -5,7 +5,9 @@ the FID (Inception-v3 features): a small convolutional classifier is trained on 
 run's own training split and labels, once per run, and the Fréchet distance between
 Gaussians fitted to its penultimate-layer features of generated and held-out images is
 logged as `val/frechet_classifier`, with the classifier's held-out accuracy as
-`val/classifier_accuracy` (how much its features are worth). Values are comparable only
+`val/classifier_accuracy` (how much its features are worth), and the k-NN precision and
+recall (Kynkäänniemi et al. 2019) in the same features as `val/precision_classifier` and
+`val/recall_classifier`: blur shows as lost recall. Values are comparable only
 between runs on the same data set with the same classifier settings and seed. The
 distance itself is torchmetrics' `FrechetInceptionDistance` given our feature network.
 """
@@ -21,6 +23,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ot_gen.errors import check_positive_int
+from ot_gen.metrics import knn_precision_recall
 from ot_gen.rng import own_rng
 
 log = logging.getLogger(__name__)
@@ -91,22 +94,36 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return max(float(metric.compute()), 0.0)
 
 
+@torch.no_grad()
+def image_scores(model: SmallClassifier, real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Fréchet distance, k-NN precision and recall of the images `fake` against `real`, in
+    the features of `model`: what `ClassifierFrechet` logs, for any two image sets (the
+    reference rows of benchmarks/reference_quality.py score real, blurred and mean images)."""
+    real_f, fake_f = model.features(real).double(), model.features(fake).double()
+    precision, recall = knn_precision_recall(real_f, fake_f, k)
+    return {"frechet": frechet_distance(fake_f.cpu().numpy(), real_f.cpu().numpy()),
+            "precision": precision, "recall": recall}
+
+
 class ClassifierFrechet(L.Callback):
     """Image data with labels: trains the classifier at the first validation (on at most
     `max_train` training images, `steps` Adam steps of 64, seed `seed`), then at each validation
     logs `val/frechet_classifier` between `n_samples` generated images (fixed latents
-    drawn from their own RNG) and as many held-out images, and `val/classifier_accuracy`.
+    drawn from their own RNG) and as many held-out images, `val/precision_classifier` and
+    `val/recall_classifier` (k-NN, `k` neighbours) and `val/classifier_accuracy`.
     Data without labels (image folders without classes, synthetic families) or not
     images: nothing is logged."""
 
-    def __init__(self, n_samples: int = 1000, steps: int = 400, max_train: int = 10_000, seed: int = 0):
+    def __init__(self, n_samples: int = 1000, steps: int = 400, max_train: int = 10_000, seed: int = 0, k: int = 3):
         self.n_samples = check_positive_int("n_samples", n_samples, minimum=2)
+        self.k = check_positive_int("k", k)
         self.steps = check_positive_int("steps", steps)
         self.max_train = check_positive_int("max_train", max_train)
         self.seed = int(seed)
         self.model: SmallClassifier | None = None
         self.metric: FrechetInceptionDistance | None = None
         self._n_real = 0
+        self._real_features: torch.Tensor | None = None
         self._accuracy = 0.0
         self._prepared = False
 
@@ -126,6 +143,7 @@ class ClassifierFrechet(L.Callback):
         with torch.no_grad():
             self._accuracy = (self.model(held).argmax(1).cpu() == held_labels).double().mean().item()
             self.metric.update(held, real=True)
+            self._real_features = self.model.features(held).double()
         self._n_real = len(held)
         log.info("classifier for val/frechet_classifier: held-out accuracy %.3f", self._accuracy)
 
@@ -142,8 +160,11 @@ class ClassifierFrechet(L.Callback):
             fake = pl_module.sample(self._n_real)
         self.metric.reset()  # the generated images' statistics; the held-out ones stay
         self.metric.update(fake, real=False)
+        precision, recall = knn_precision_recall(self._real_features.to(pl_module.device),
+                                                 self.model.features(fake).double(), self.k)
         pl_module.log_dict(
             {"val/frechet_classifier": max(float(self.metric.compute()), 0.0),
+             "val/precision_classifier": precision, "val/recall_classifier": recall,
              "val/classifier_accuracy": self._accuracy},
             sync_dist=True,
         )

@@ -58,6 +58,7 @@ class MLP(nn.Module):
 
 
 NORMS = {"batch": nn.BatchNorm2d, "none": None}
+UPSAMPLES = ["transposed", "nearest", "bilinear"]
 
 
 class DeconvGenerator(nn.Module):
@@ -67,6 +68,11 @@ class DeconvGenerator(nn.Module):
 
     `widths=[256, 128, 64]` on 32×32 is the OT-GAN paper's generator (dense to 4×4×256,
     then 128, 64, channels); `[128, 64]` on 28×28 starts from 7×7.
+
+    `upsample`: `transposed` (the papers': 4×4 transposed convolutions of stride 2, whose
+    overlapping kernels print a regular checkerboard of dots into the images), or
+    `nearest` / `bilinear` (resize ×2, then a 3×3 convolution: every output pixel sees the
+    same number of kernel taps, so no checkerboard; Odena et al. 2016).
     """
 
     def __init__(
@@ -77,9 +83,11 @@ class DeconvGenerator(nn.Module):
         norm: str = "batch",
         activation: str = "relu",
         output_activation: str | None = "tanh",
+        upsample: str = "transposed",
     ):
         super().__init__()
         self.in_dim = check_positive_int("in_dim", in_dim)
+        check_choice("upsample", upsample, UPSAMPLES)
         widths = [check_positive_int("widths", int(w)) for w in widths]
         check(len(widths) >= 1, "widths", widths, "a list of at least one channel count")
         check_choice("norm", norm, list(NORMS))
@@ -98,15 +106,19 @@ class DeconvGenerator(nn.Module):
         act = ACTIVATIONS[activation]
         Norm = NORMS[norm]
 
+        def double(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
+            if upsample == "transposed":
+                return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=bias)]
+            return [nn.Upsample(scale_factor=2, mode=upsample), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)]
+
         def block(c_in: int, c_out: int) -> list[nn.Module]:
-            layers = [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=Norm is None)]
-            return layers + ([Norm(c_out)] if Norm else []) + [act()]
+            return double(c_in, c_out, bias=Norm is None) + ([Norm(c_out)] if Norm else []) + [act()]
 
         self.dense = nn.Sequential(nn.Linear(in_dim, widths[0] * self.start**2), act())
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:]):
             layers += block(c_in, c_out)
-        layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, stride=2, padding=1))
+        layers += double(widths[-1], channels, bias=True)
         if output_activation is not None:
             layers.append(ACTIVATIONS[output_activation]())
         self.convs = nn.Sequential(*layers)
