@@ -45,7 +45,7 @@ def test_minibatch_ddp_matches_per_rank_and_trains(tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("target", ["process group", "rank 1"])
+@pytest.mark.parametrize("target", ["process group", pytest.param("rank 1", marks=pytest.mark.slow)])
 def test_sigterm_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path, target):
     """Lightning's own SIGTERM handler broadcasts from inside the handler: with the signal
     sent to the process group, both ranks used to wait forever after `Received SIGTERM`."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import os
 import signal
 import subprocess
@@ -51,15 +50,15 @@ def test_a_folder_holding_a_run_is_refused_untouched_unless_resumed_or_overwritt
     assert "overwrite=true" in again.stderr and "Traceback" not in again.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing of the old run changed"
 
-    resumed = train(*TINY, "trainer.max_steps=15", f"ckpt_path={run_dir}/checkpoints/last.ckpt",
-                    f"hydra.run.dir={run_dir}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 15
+    from ot_gen.run_dirs import claim
 
-    replaced = train(*TINY, "seed=1", "overwrite=true", f"hydra.run.dir={run_dir}")
-    assert replaced.returncode == 0, replaced.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 10
-    assert "seed: 1" in (run_dir / ".hydra" / "config.yaml").read_text()
+    resume_here = _hydra_config(run_dir, f"ckpt_path={run_dir}/checkpoints/last.ckpt")
+    assert claim(resume_here, "hydra.run.dir", ".hydra", exclusive_dir=True) == run_dir, "resuming it is allowed"
+
+    (run_dir / "notes.txt").write_text("the user's own file")
+    replace = _hydra_config(run_dir, "overwrite=true", "hydra.job.name=train")  # as train.py names its log
+    assert claim(replace, "hydra.run.dir", ".hydra", exclusive_dir=True) == run_dir, "overwrite=true allows it"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "notes.txt"], "the old run's files are gone"
 
 
 def _hydra_config(run_dir: Path, *overrides: str):
@@ -98,14 +97,16 @@ def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, cap
 
 
 # -- sweeps -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("order", ["nan,0.001", "0.001,nan"])
-def test_a_failing_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path, order):
+def test_a_failing_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    """A bad job first (the good one used to never run) and last (the sweep used to end
+    with exit code 2 and no summary)."""
     sweep = tmp_path / "sweep"
-    proc = train("-m", f"optimizer.lr={order}", *TINY[:-1], "callbacks=none", f"hydra.sweep.dir={sweep}")
+    proc = train("-m", "optimizer.lr=nan,0.001,inf", *TINY[:-1], "callbacks=none", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["optimizer.lr"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
-    assert rows["nan"]["status"] == "failed"
-    assert rows["nan"]["error"] == "ConfigError: optimizer.lr=nan is not allowed: a finite number"
+    for bad in ("nan", "inf"):
+        assert rows[bad]["status"] == "failed"
+        assert rows[bad]["error"] == f"ConfigError: optimizer.lr={bad} is not allowed: a finite number"
     assert rows["0.001"]["status"] == "ok" and float(rows["0.001"]["val/w2"]) > 0
 
 
