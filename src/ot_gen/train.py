@@ -224,6 +224,9 @@ def quiet_libraries() -> None:
     (its INFO lines), no deprecation notice that Lightning's own code triggers in torch."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # The data module restores its position in the data order itself (`rounds_served` in its
+    # state_dict, tested): Lightning's warning that a mid-epoch resume is unreliable is wrong here.
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
 
 
 def task(cfg: DictConfig) -> float:
@@ -235,18 +238,15 @@ def task(cfg: DictConfig) -> float:
     except Exception as e:
         full = os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(hydra_cfg and hydra_cfg.verbose)
         mistake = isinstance(e, OTGenError)  # a user mistake or a numerical fault: one line
-        if full and not sweeping:
-            raise
-        if mistake and not full:
-            log.error("%s: %s", type(e).__name__, e)
-        else:
-            log.exception("%s: %s", type(e).__name__, e)  # a bug: its traceback
         if not sweeping:
-            if not mistake:
-                raise
+            if full or not mistake:
+                raise  # a bug, or HYDRA_FULL_ERROR=1: the traceback, printed by Hydra
+            log.error("%s: %s", type(e).__name__, e)
             sys.exit(2 if isinstance(e, ConfigError) else 1)
-        # one failed job (a bad value, a divergence, a crash) is a `failed` row of the
-        # sweep summary, with its reason; the other jobs run, and the sweeper sees inf
+        # In a sweep, one failed job (a bad value, a divergence, a crash) is a `failed` row
+        # of the summary with its reason (a crash's traceback in the job's log); the other
+        # jobs run, and the sweeper sees inf.
+        (log.error if mistake and not full else log.exception)("%s: %s", type(e).__name__, e)
         _record_failure(Path(cfg.paths.output_dir), f"{type(e).__name__}: {e}")
         return float("inf")
 
