@@ -21,6 +21,7 @@ FAST = [
     "data.n_train=2000",
     "val_samples=500",
     "eval.n_generated=5000",
+    "eval.w1_reals=500",
 ]
 
 

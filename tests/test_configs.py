@@ -93,7 +93,7 @@ def test_the_default_config_is_the_documented_one(config):
         ("mode=oversampled mode.k=ten", "mode.k='ten' is not allowed: an integer >= 1"),
         ("mode=oversampled mode.pool_size=5000", "mode.pool_size=5000 is not allowed: at most the 2000 training"),
         ("mode.batch_size=2001", "mode.batch_size=2001 is not allowed: at most the 2000 training points"),
-        ("mode=oversampled mode.k_schedule=linear", "mode.k_schedule='linear' is not allowed: one of constant, sqrt"),
+        ("mode=oversampled mode.k_schedule=exp", "mode.k_schedule='exp' is not allowed: one of constant, sqrt, linear"),
         ("prior=gmm prior.n_components=0", "prior.n_components=0 is not allowed"),
         ("prior=gmm prior.sigma=-1", "prior.sigma=-1 is not allowed"),
         ("matcher=sinkhorn matcher.reg=0", "matcher.reg=0 is not allowed: a number > 0"),

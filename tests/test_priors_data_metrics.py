@@ -10,7 +10,7 @@ import torch
 from ot_gen.data import ToyDataModule
 from ot_gen.data.toy import SAMPLERS
 from ot_gen.errors import ConfigError
-from ot_gen.metrics import energy_distance, w2
+from ot_gen.metrics import energy_distance, w1_k_to_1, w2
 from ot_gen.priors import GaussianMixturePrior, GaussianPrior, MixedPrior
 
 
@@ -129,6 +129,17 @@ def test_w2_of_equal_sizes_by_the_auction_matches_pot(n, d):
     x, y = rng.normal(size=(n, d)), rng.normal(size=(n, d)) * 1.5 + 0.3
     expected = np.sqrt(ot.emd2(np.full(n, 1 / n), np.full(n, 1 / n), ot.dist(x, y), numItermax=10**8))
     assert w2(torch.tensor(x), torch.tensor(y)) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("k, d", [(1, 2), (3, 5), (10, 784)])
+def test_w1_k_to_1_is_pots_exact_w1_with_k_generated_points_per_real(k, d):
+    g = torch.Generator().manual_seed(k)
+    reals, generated = torch.rand(60, d, generator=g), torch.rand(60 * k, d, generator=g) + 0.1
+    M = ot.dist(generated.double().numpy(), reals.double().numpy(), metric="euclidean")
+    expected = ot.emd2(np.full(60 * k, 1 / (60 * k)), np.full(60, 1 / 60), M)
+    assert w1_k_to_1(generated, reals) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="not a multiple"):
+        w1_k_to_1(generated[:-1], reals)
 
 
 def test_energy_distance_is_near_zero_for_one_distribution_and_positive_for_a_shift():

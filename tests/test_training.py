@@ -23,7 +23,7 @@ MODES = {
         "mode.fit_batch_size=250", "trainer.max_steps=400", "mode.val_every_rounds=40",
     ],
 }
-REQUIRED = {"val/w2", "val/w2_floor", "val/energy", "train/matched_cost", "steps", "wall_s"}
+REQUIRED = {"val/w2", "val/w2_floor", "val/energy", "train/matched_cost", "steps", "wall_s", "eval/w1_train"}
 
 
 def untrained_w2(cfg) -> float:
@@ -77,6 +77,16 @@ def test_oversampled_sqrt_schedule_grows_k(config):
     assert metrics["train/k"] == 5 and metrics["rounds"] >= 5
 
 
+def test_k_schedules_ramp_from_k_start_to_k():
+    from ot_gen.modes import Oversampled
+
+    ks = {name: [Oversampled(k=26, k_start=2, k_ramp_rounds=12, k_schedule=name).k_at(r) for r in (0, 3, 6, 12, 50)]
+          for name in ("constant", "sqrt", "linear")}
+    assert ks["constant"] == [26] * 5
+    assert ks["linear"] == [2, 8, 14, 26, 26]  # the OT-GAN code's growing number of latent batches
+    assert ks["sqrt"] == [2, 14, 19, 26, 26]
+
+
 def test_same_seed_same_metrics(config):
     def metrics_of(cfg):
         run(cfg)
@@ -105,12 +115,49 @@ def test_resume_from_checkpoint_continues_the_run(config):
     assert torch.equal(module.prior.centres, state["state_dict"]["prior.centres"])
 
 
+def test_generator_ema_is_what_validation_checkpoints_and_resume_see(config):
+    """The EMA of the generator (and of it alone) is swapped in for validation, held by the
+    checkpoint's state_dict and by the module after training; a resume goes on from the
+    training weights and their average."""
+    from ot_gen.sample import load_module
+
+    ema = ("callbacks.ema.decay=0.9", "callbacks.ema.start_step=20")
+    first = config(*MODES["oversampled"], *ema, "trainer.max_steps=80")
+    module, data, trainer = build(first)
+    trainer.fit(module, datamodule=data)
+    averaged = {k: v.clone() for k, v in module.state_dict().items()}
+    path = ROOT / first.paths.output_dir / "last.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    weights, stored = ckpt["current_model_state"], ckpt["state_dict"]
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 15  # one per round of 4 steps, rounds ending at step 24..80
+    generator_keys = [k for k in stored if k.startswith("generator.")]
+    assert all(torch.equal(stored[k], averaged[k]) for k in stored)
+    assert any(not torch.equal(stored[k], weights[k]) for k in generator_keys if stored[k].is_floating_point())
+    assert all(torch.equal(stored[k], weights[k]) for k in stored if not k.startswith("generator."))
+    trainer.validate(module, datamodule=data)  # after training: the average, not swapped back
+    assert all(torch.equal(module.state_dict()[k], averaged[k]) for k in generator_keys)
+    loaded, _ = load_module(path)
+    assert all(torch.equal(loaded.state_dict()[k], averaged[k]) for k in generator_keys)
+
+    without = config(*MODES["oversampled"], "callbacks.ema=null", "trainer.max_steps=80", f"ckpt_path={path}")
+    module, data, trainer = build(without)
+    trainer.fit(module, datamodule=data, ckpt_path=str(path))  # nothing left to train: restores only
+    assert all(torch.equal(module.state_dict()[k], weights[k]) for k in generator_keys)
+
+    resumed = config(*MODES["oversampled"], *ema, "trainer.max_steps=160", f"ckpt_path={path}")
+    module, data, trainer = build(resumed)
+    ema_cb = next(cb for cb in trainer.callbacks if cb.__class__.__name__ == "GeneratorEMA")
+    trainer.fit(module, datamodule=data, ckpt_path=str(path))
+    assert trainer.global_step == 160 and int(ema_cb._average_model.n_averaged) == 35
+
+
 def test_train_py_as_a_user_runs_it(tmp_path):
     """`python train.py prior=gmm matcher=exact` (shortened) writes metrics.json in its run dir."""
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "prior=gmm", "matcher=exact", "logger=csv", "trainer.max_steps=50",
            "mode.val_every_rounds=25", "val_samples=300", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={out}"]
+           "eval.w1_reals=500", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -74,7 +74,9 @@ class Oversampled(Mode):
     Under DDP the ranks' points and pools form ONE assignment (`module.match_across_ranks`).
 
     `k_schedule=sqrt` grows k from `k_start` to `k` over `k_ramp_rounds` rounds as
-    k_start + (k - k_start)·sqrt(round / k_ramp_rounds); `constant` uses k throughout.
+    k_start + (k - k_start)·sqrt(round / k_ramp_rounds); `linear` as
+    k_start + (k - k_start)·round / k_ramp_rounds (the OT-GAN code's growing number of
+    latent batches per assignment); `constant` uses k throughout.
     """
 
     pool_size: int = 500
@@ -95,7 +97,7 @@ class Oversampled(Mode):
         check_positive_int("k", self.k)
         check_positive_int("fit_epochs", self.fit_epochs)
         check_positive_int("fit_batch_size", self.fit_batch_size)
-        check_choice("k_schedule", self.k_schedule, ["constant", "sqrt"])
+        check_choice("k_schedule", self.k_schedule, ["constant", "sqrt", "linear"])
         check_positive_int("k_start", self.k_start)
         check_positive_int("k_ramp_rounds", self.k_ramp_rounds)
         check_positive_int("val_every_rounds", self.val_every_rounds)
@@ -104,7 +106,8 @@ class Oversampled(Mode):
         if self.k_schedule == "constant" or self.k_start >= self.k:
             return self.k
         frac = min(1.0, round_index / self.k_ramp_rounds)
-        return int(round(self.k_start + (self.k - self.k_start) * math.sqrt(frac)))
+        grow = math.sqrt(frac) if self.k_schedule == "sqrt" else frac
+        return int(round(self.k_start + (self.k - self.k_start) * grow))
 
     def round(self, module, y, ids):
         k = self.k_at(int(module.rounds))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ot_gen.costs import Cost
+from ot_gen.ema import GeneratorEMA
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import Matcher, Matching
 from ot_gen.metrics import energy_distance, sliced_w2, w2
@@ -120,6 +121,14 @@ class OTGenerator(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.matcher.bind(self.trainer.datamodule.train_set)
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        """A checkpoint written with the generator's EMA (`ot_gen.ema`) holds the average in
+        `state_dict` and the training weights in `current_model_state`: a run resumed
+        without the EMA goes on from the training weights."""
+        ema_on = any(isinstance(cb, GeneratorEMA) for cb in self.trainer.callbacks)
+        if "current_model_state" in checkpoint and not ema_on:
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
 
     def on_train_start(self) -> None:
         self._stretch_schedule()

@@ -27,7 +27,7 @@ from ot_gen.config_checks import (
 )
 from ot_gen.errors import ConfigError, OTGenError, check
 from ot_gen.matching import Matcher
-from ot_gen.metrics import unseen_sample_distances
+from ot_gen.metrics import unseen_sample_distances, w1_k_to_1
 from ot_gen.modes import Mode
 from ot_gen.module import OTGenerator
 from ot_gen.pictures import unseen_sample_pictures
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dict[str, Any]) -> list[Any]:
     """Instantiate every entry of a dict-of-configs group (callbacks, logger)."""
     return [instantiate_group(f"{group}.{name}", node, **kwargs_by_name.get(name, {}))
-            for name, node in (nodes or {}).items()]
+            for name, node in (nodes or {}).items() if node is not None]  # name=null: left out
 
 
 def _resumed_wandb_run(cfg: DictConfig, record: run_record.Record | None) -> dict[str, dict[str, Any]]:
@@ -160,7 +160,7 @@ def run(cfg: DictConfig) -> float:
                               "metrics.json is not written: run again with ckpt_path=<that file> to evaluate it"):
             checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
             val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
-            unseen = _unseen_sample_metrics(cfg.eval, module, data, trainer)
+            unseen = {**_unseen_sample_metrics(cfg.eval, module, data, trainer), **_w1_to_train(cfg.eval, module, data)}
         metrics = {
             **train_metrics,
             **val_metrics,
@@ -191,6 +191,19 @@ def _unseen_sample_metrics(cfg: DictConfig, module: OTGenerator, data, trainer: 
     if trainer.is_global_zero:
         unseen_sample_pictures(trainer.loggers, Path(trainer.default_root_dir), heldout, details, trainer.global_step)
     return figures
+
+
+def _w1_to_train(cfg: DictConfig, module: OTGenerator, data) -> dict[str, float]:
+    """The OT-GAN paper's figure: W1 (exact OT, Euclidean cost, in the data's own scale)
+    between `eval.w1_reals` training points and `eval.w1_k` times as many generated ones."""
+    if not cfg.w1_k or not cfg.w1_reals:
+        return {}
+    reals = data.train_set[: cfg.w1_reals].to(module.device)
+    start = time.perf_counter()
+    w1 = w1_k_to_1(module.sample(cfg.w1_k * len(reals)), reals)
+    log.info("eval/w1_train %.4f (%d training points, %d× as many generated; %.1f s)",
+             w1, len(reals), cfg.w1_k, time.perf_counter() - start)
+    return {"eval/w1_train": w1}
 
 
 def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> None:

@@ -7,8 +7,9 @@ that every real receives its share.
   vector over the WHOLE training set, kept across rounds (a module parameter, so it is
   in the checkpoint with its Adam state). This is how the oversampled mode scales to a full 60,000-image data set:
   no assignment over the set is ever solved, only argmins.
-- `critic` (the OT-GAN paper): ψ_θ(y) is a small network over the round's pool of reals,
-  trained for `critic_steps` Adam steps per round.
+- `critic` (the OT-GAN paper): ψ_θ(y) is a small network over the round's pool of reals
+  (the whole training set when `mode.pool_size` is its size, as in the paper's code),
+  kept across rounds and trained for `critic_steps` Adam steps per round.
 """
 
 from __future__ import annotations
@@ -134,13 +135,14 @@ class CriticMatcher(_OwnOptimizer):
     ddp_refusal = "the critic trains its own network outside DDP's forward"
 
     def __init__(self, data_shape: tuple[int, ...], network: str = "mlp", hidden: int = 256,
-                 critic_steps: int = 20, lr: float = 1e-3):
+                 critic_steps: int = 20, lr: float = 1e-3, depth: int = 2):
         super().__init__()
         check_choice("network", network, ["mlp", "conv"])
         check(network == "mlp" or len(data_shape) == 3, "network", network, "mlp (conv needs image data)")
         hidden = check_positive_int("hidden", hidden)
         self.critic_steps = check_positive_int("critic_steps", critic_steps, minimum=0)
-        self.net = _dense(data_shape, hidden) if network == "mlp" else _conv(data_shape, hidden)
+        depth = check_positive_int("depth", depth)
+        self.net = _dense(data_shape, hidden, depth) if network == "mlp" else _conv(data_shape, hidden)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=check_positive("lr", lr))
 
     def _pair(self, x, y, cost, each_real, real_ids):
@@ -159,10 +161,13 @@ class CriticMatcher(_OwnOptimizer):
         stats = {"balance": balance_excess(counts, m), "assignment_var": counts.var(unbiased=False).item()}
         return torch.arange(m, device=x.device), idx, stats
 
-def _dense(data_shape, hidden) -> nn.Module:
-    d = math.prod(data_shape)
-    return nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                         nn.ReLU(), nn.Linear(hidden, 1))
+def _dense(data_shape, hidden, depth) -> nn.Module:
+    """`depth` hidden layers of `hidden` units with leaky ReLUs (the OT-GAN code's DenseCritic)."""
+    widths = [math.prod(data_shape)] + [hidden] * depth
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 1))
 
 
 def _conv(data_shape, hidden) -> nn.Module:
