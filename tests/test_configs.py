@@ -27,11 +27,12 @@ def options():
 
 def needs(group: str, option: str, tmp_path) -> list[str]:
     """What an option needs beside it to build here: data files, or image data for a conv net."""
-    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_mnist", "otgan_fashion")):
+    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_")):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
+        small = ["mode.pool_size=1000"] if option.startswith("otgan_") else []  # its pool is all 5000 images
         return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
-                "data.n_train=1000", "val_samples=100"]
+                "data.n_train=1000", "val_samples=100", *small]
     if option == "cifar10":
         write_cifar(tmp_path / "c10")
         return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null", "mode.batch_size=8"]
