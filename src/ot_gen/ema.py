@@ -8,11 +8,11 @@ models when a matcher fills a buffer at the start of fit (`Matcher.bind`). The g
 is the part whose average is wanted, so the average is kept of it alone.
 
 `decay` is per optimizer step, with TensorFlow's warm-up: the n-th update uses
-min(decay, (1 + n) / (10 + n)), so the first weights (random) are forgotten within a
-few hundred steps rather than the 1 / (1 - decay) of a plain EMA. The average is updated at the end of each round (one
-training batch): one step in the minibatch mode, many in the oversampled mode, where a
-round of s steps moves the average by decay**s towards the weights, so its memory in
-steps is the same in both modes.
+min(decay, (1 + n) / (10 + n)), so the first (random) weights are forgotten within a few
+hundred steps rather than the 1 / (1 - decay) of a plain EMA. The average is updated at
+the end of each round (one training batch): one step in the minibatch mode, many in the
+oversampled mode, where a round of s steps keeps decay**s of the average, so its memory
+in steps is the same in both modes.
 
 As in Lightning: the average is swapped in for validation (val/* and the pictures show
 it) and after training (the final evaluation, metrics.json, the last checkpoint), and a
