@@ -1,6 +1,7 @@
 """Reference rows for the image-quality figures: what real data scores.
 
     python benchmarks/reference_quality.py [--data-dir ../shared/data] [--experiments emgn_mnist otgan_fashion]
+    python benchmarks/reference_quality.py --experiments emgn_mnist --override data=fashion_mnist
 
 For each reference experiment, its data exactly as the experiment loads it (same split,
 size and value range) and the classifier `val/frechet_classifier` trains (same settings,
@@ -39,9 +40,10 @@ def blur(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
 
 
-def reference_rows(experiment: str, data_dir: Path, cache_dir: Path) -> dict[str, dict[str, float]]:
+def reference_rows(experiment: str, data_dir: Path, cache_dir: Path,
+                   overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"paths.data_dir={data_dir}",
+        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides, f"paths.data_dir={data_dir}",
                                           f"data.cache_dir={cache_dir}", "paths.output_dir=/tmp/unused"])
     settings = ClassifierFrechet(**{k: v for k, v in OmegaConf.to_container(cfg.callbacks.frechet_classifier).items()
                                     if k != "_target_"})
@@ -61,12 +63,16 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ot_gen")
     parser.add_argument("--experiments", nargs="+", default=["emgn_mnist", "otgan_fashion"])
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="Hydra overrides after the experiment's, as a run would take them (e.g. data=fashion_mnist)")
     args = parser.parse_args()
     print("| experiment | stand-in | Fréchet (classifier) | precision | recall |")
     print("| --- | --- | --- | --- | --- |")
     for experiment in args.experiments:
-        for name, scores in reference_rows(experiment, args.data_dir.resolve(), args.cache_dir).items():
-            print(f"| {experiment} | {name} | {scores['frechet']:.3f} | {scores['precision']:.3f} | "
+        label = " ".join([experiment, *args.override])
+        for name, scores in reference_rows(experiment, args.data_dir.resolve(), args.cache_dir,
+                                           tuple(args.override)).items():
+            print(f"| {label} | {name} | {scores['frechet']:.3f} | {scores['precision']:.3f} | "
                   f"{scores['recall']:.3f} |", flush=True)
 
 
