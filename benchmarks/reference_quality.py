@@ -1,6 +1,6 @@
 """Reference rows for the image-quality figures: what real data scores.
 
-    python benchmarks/reference_quality.py [--data-dir ../shared/data] [--experiments emgn_mnist otgan_fashion]
+    python benchmarks/reference_quality.py [--data-dir ../shared/data] [--experiments emgn_mnist otgan_fashion otgan_mnist]
     python benchmarks/reference_quality.py --experiments emgn_mnist --override data=fashion_mnist
 
 For each reference experiment, its data exactly as the experiment loads it (same split,
@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ot_gen")
-    parser.add_argument("--experiments", nargs="+", default=["emgn_mnist", "otgan_fashion"])
+    parser.add_argument("--experiments", nargs="+", default=["emgn_mnist", "otgan_fashion", "otgan_mnist"])
     parser.add_argument("--override", nargs="*", default=[],
                         help="Hydra overrides after the experiment's, as a run would take them (e.g. data=fashion_mnist)")
     args = parser.parse_args()

@@ -30,7 +30,7 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
     if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_")):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
-        whole_set = option.startswith("otgan_") or option == "emgn_mnist_whole"  # pools of the whole training set
+        whole_set = option.startswith("otgan_") or option == "emgn_mnist"  # pools of the whole training set
         small = ["mode.pool_size=1000"] if whole_set else []
         return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
                 "data.n_train=1000", "val_samples=100", *small]
