@@ -30,10 +30,9 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
     if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_")):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
-        whole_set = option.startswith("otgan_") or option == "emgn_mnist"  # pools of the whole training set
-        small = ["mode.pool_size=1000"] if whole_set else []
+        # the whole-set experiments' pools follow data.n_train
         return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
-                "data.n_train=1000", "val_samples=100", *small]
+                "data.n_train=1000", "val_samples=100"]
     if option == "cifar10":
         write_cifar(tmp_path / "c10")
         return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null", "mode.batch_size=8"]
