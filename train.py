@@ -6,7 +6,7 @@ Configs live in conf/ (one folder per config group); see README.md.
 import hydra
 from omegaconf import DictConfig
 
-from ot_gen.train import task
+from ot_gen.run.train import task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ot_gen.matching.auction import auction_transport  # noqa: E402
-from ot_gen.sample import load_module  # noqa: E402
+from ot_gen.run.sample import load_module  # noqa: E402
 
 FASHION_RUN = [  # the OT-GAN setup with the exact matcher (pool 1000, k 10) at Fashion-MNIST's native 28×28 (d = 784)
     "experiment=otgan_fashion_exact", "data.n_train=1000", "data.image_size=null", "network=conv28", "logger=csv",

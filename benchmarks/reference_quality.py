@@ -31,8 +31,8 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ot_gen.config_checks import instantiate_group  # noqa: E402
-from ot_gen.frechet import ClassifierFrechet, image_scores, train_classifier  # noqa: E402
+from ot_gen.run.config_checks import instantiate_group  # noqa: E402
+from ot_gen.evaluation.frechet import ClassifierFrechet, image_scores, train_classifier  # noqa: E402
 
 
 def blur(images: torch.Tensor) -> torch.Tensor:

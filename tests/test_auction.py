@@ -8,7 +8,7 @@ import ot
 import pytest
 import torch
 
-from ot_gen.costs import SqEuclidean
+from ot_gen.matching.costs import SqEuclidean
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import ExactMatcher, auction
 from ot_gen.matching.assignment import integer_marginals

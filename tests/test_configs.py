@@ -11,7 +11,8 @@ from hydra.errors import ConfigCompositionException
 from conftest import CONF, ROOT, python_env
 from test_images import HAS_SHARED, SHARED, write_cifar, write_folder
 from ot_gen.errors import ConfigError, NonFiniteError
-from ot_gen.train import build, run
+from ot_gen.run.build import build
+from ot_gen.run.train import run
 
 GROUPS = ["prior", "network", "matcher", "cost", "mode", "data", "trainer", "logger",
           "callbacks", "scheduler", "experiment", "hparams_search"]
@@ -60,7 +61,7 @@ def test_every_option_composes_and_builds(config, group, option, tmp_path):
         with pytest.raises(ConfigError, match="cost@match_cost=psnr"):
             build(cfg)
         return
-    module, data, trainer = build(cfg)
+    module, data, trainer, _ = build(cfg)
     x = module.sample(7)
     assert x.shape == (7, *data.data_shape)
 

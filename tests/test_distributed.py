@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import FAST, ROOT, python_env
-from ot_gen.checkpoints import load
+from ot_gen.run.checkpoints import load
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "eval.n_generated=1000", "callbacks=none"]
 

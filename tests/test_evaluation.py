@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ot_gen.frechet import SmallClassifier, frechet_distance, train_classifier
+from ot_gen.evaluation.frechet import SmallClassifier, frechet_distance, train_classifier
 
 
 def test_frechet_known_cases_and_the_textbook_formula():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import FAST, ROOT, python_env
-from ot_gen.checkpoints import AtomicCheckpointIO, CheckpointError, load
+from ot_gen.run.checkpoints import AtomicCheckpointIO, CheckpointError, load
 
 LONG = [*FAST, "trainer.max_steps=200", "mode.val_every_rounds=10", "eval.n_generated=1000", "logger=wandb",
         "callbacks.point_cloud_plots.n_points=100"]
@@ -97,7 +97,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
 
 
 def test_a_truncated_checkpoint_is_an_error_naming_the_file(tmp_path, config):
-    from ot_gen.train import build
+    from ot_gen.run.build import build
 
     good = tmp_path / "good.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 1, "w": torch.ones(1000)}, good)
@@ -109,7 +109,7 @@ def test_a_truncated_checkpoint_is_an_error_naming_the_file(tmp_path, config):
 
 def test_ckpt_path_last_without_any_run_is_a_config_error(config):
     from ot_gen.errors import ConfigError
-    from ot_gen.train import build
+    from ot_gen.run.build import build
 
     with pytest.raises(ConfigError, match="ckpt_path='last' is not allowed: a run with checkpoints/last.ckpt"):
         build(config("ckpt_path=last"))
@@ -119,7 +119,7 @@ def test_nan_mid_run_stops_with_the_step_and_keeps_the_last_good_checkpoint(conf
     import lightning as L
 
     from ot_gen.errors import NonFiniteError
-    from ot_gen.train import build
+    from ot_gen.run.build import build
 
     class Poison(L.Callback):  # a weight turns NaN after the checkpoint of step 10
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -128,7 +128,7 @@ def test_nan_mid_run_stops_with_the_step_and_keeps_the_last_good_checkpoint(conf
                     next(module.generator.parameters()).view(-1)[0] = float("nan")
 
     cfg = config("trainer.max_steps=40", "mode.val_every_rounds=10", "eval.n_generated=0")
-    module, data, trainer = build(cfg)
+    module, data, trainer, _ = build(cfg)
     trainer.callbacks.append(Poison())
     with pytest.raises(NonFiniteError, match="generated points became NaN/Inf at step 15"):
         trainer.fit(module, datamodule=data)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ot_gen.costs import PSNR, SSIM
+from ot_gen.matching.costs import PSNR, SSIM
 from ot_gen.errors import ConfigError
-from ot_gen.train import build
+from ot_gen.run.build import build
 
 
 def images(n, seed, shape=(1, 16, 16)):
@@ -68,11 +68,11 @@ def test_psnr_as_regression_cost_is_refused_with_the_way_out(config):
 
 
 def test_ssim_loss_with_psnr_matching_trains_on_images(config):
-    from ot_gen.train import run
+    from ot_gen.run.train import run
 
     cfg = config("data=clock", "network=conv28", "cost=ssim", "cost@match_cost=psnr", "data.n_train=256",
                  "data.n_val=64", "val_samples=64", "mode.batch_size=32", "trainer.max_steps=4",
                  "mode.val_every_rounds=2", "eval.n_generated=256", "eval.n_heldout=32", "callbacks=none")
-    module, _, _ = build(cfg)
+    module, _, _, _ = build(cfg)
     assert module.cost.name == "ssim" and module.match_cost.name == "psnr"
     assert math.isfinite(run(cfg))

@@ -19,9 +19,10 @@ from ot_gen.data import ImageDataModule
 from ot_gen.data.image_readers import DataFileError
 from ot_gen.data.synthetic_images import FAMILIES
 from ot_gen.errors import ConfigError
-from ot_gen.metrics import nearest
-from ot_gen.networks import DeconvGenerator
-from ot_gen.train import build, run
+from ot_gen.evaluation.metrics import nearest
+from ot_gen.model.networks import DeconvGenerator
+from ot_gen.run.build import build
+from ot_gen.run.train import run
 
 # The project's real data: ../shared/data beside the checkout (as in CI), or $OT_GEN_TEST_DATA.
 SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ot_gen.costs import SqEuclidean
+from ot_gen.matching.costs import SqEuclidean
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import (
     CriticMatcher, ExactMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,
@@ -196,7 +196,8 @@ def test_a_cost_that_overflows_on_finite_points_is_rejected():
 
 # -- in real training runs --------------------------------------------------------------
 from ot_gen.errors import ConfigError  # noqa: E402
-from ot_gen.train import build, run  # noqa: E402
+from ot_gen.run.build import build  # noqa: E402
+from ot_gen.run.train import run  # noqa: E402
 
 TINY = ["trainer.max_steps=40", "mode.val_every_rounds=20", "eval.n_generated=2000", "callbacks=none"]
 
@@ -235,6 +236,6 @@ def test_semidiscrete_potential_resumes_from_the_checkpoint(config, tmp_path):
     second = config("matcher=semidiscrete", "mode=oversampled", "mode.pool_size=200", "mode.k=5",
                     "trainer.max_steps=20", "eval.n_generated=0", "mode.val_every_rounds=2",
                     f"ckpt_path={tmp_path / 'run0' / 'checkpoints' / 'last.ckpt'}")
-    module, data, trainer = build(second)
+    module, data, trainer, _ = build(second)
     trainer.fit(module, datamodule=data, ckpt_path=second.ckpt_path)
     assert torch.equal(module.matcher.psi.detach().cpu(), psi), "no step taken: potential restored as saved"

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ot_gen.costs import Euclidean, L1, SqEuclidean
+from ot_gen.matching.costs import Euclidean, L1, SqEuclidean
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import (
     CriticMatcher, ExactMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,

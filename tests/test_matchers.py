@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from ot_gen.costs import Euclidean, SqEuclidean
+from ot_gen.matching.costs import Euclidean, SqEuclidean
 from ot_gen.errors import NonFiniteError, SolverError
 from ot_gen.matching import ExactMatcher, identity_pairs
 

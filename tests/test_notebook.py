@@ -36,7 +36,7 @@ def outputs(nb) -> tuple[str, int]:
 
 
 def test_notebook_runs_on_a_tiny_2d_run(config):
-    from ot_gen.train import run
+    from ot_gen.run.train import run
 
     cfg = config("trainer.max_steps=20", "mode.val_every_rounds=10", "eval.n_generated=2000")
     run(cfg)
@@ -49,7 +49,7 @@ def test_notebook_runs_on_a_tiny_2d_run(config):
 
 @pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason=f"no Fashion-MNIST at {SHARED}")
 def test_notebook_runs_on_a_tiny_image_run_with_traversals_and_closest_images(config):
-    from ot_gen.train import run
+    from ot_gen.run.train import run
 
     cfg = config("experiment=otgan_fashion_smoke", f"paths.data_dir={SHARED}", "data.n_train=300",
                  "callbacks.frechet_classifier.steps=20", "callbacks.frechet_classifier.n_samples=100",

@@ -10,8 +10,8 @@ import torch
 from ot_gen.data import ToyDataModule
 from ot_gen.data.toy import SAMPLERS
 from ot_gen.errors import ConfigError
-from ot_gen.metrics import energy_distance, w1_k_to_1, w2
-from ot_gen.priors import GaussianMixturePrior, GaussianPrior, MixedPrior
+from ot_gen.evaluation.metrics import energy_distance, w1_k_to_1, w2
+from ot_gen.model.priors import GaussianMixturePrior, GaussianPrior, MixedPrior
 
 
 # -- priors ---------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def test_energy_distance_matches_brute_force():
 
 
 def test_sliced_w2_is_zero_for_identical_sets_and_the_shift_over_sqrt_d_for_a_shift():
-    from ot_gen.metrics import sliced_w2
+    from ot_gen.evaluation.metrics import sliced_w2
 
     x = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert sliced_w2(x, x) == pytest.approx(0.0, abs=1e-12)
@@ -169,7 +169,7 @@ def test_sliced_w2_is_zero_for_identical_sets_and_the_shift_over_sqrt_d_for_a_sh
 
 
 def test_knn_precision_recall_tell_blur_and_collapse_from_a_good_sample():
-    from ot_gen.metrics import knn_precision_recall
+    from ot_gen.evaluation.metrics import knn_precision_recall
 
     g = torch.Generator().manual_seed(0)
     real = torch.randn(500, 8, generator=g)

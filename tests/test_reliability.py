@@ -21,11 +21,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from conftest import CONF, FAST, ROOT, python_env
-from ot_gen.checkpoints import CheckpointError, load
+from ot_gen.run.checkpoints import CheckpointError, load
 from ot_gen.data import ImageDataModule
 from ot_gen.data.image_readers import DataFileError
 from ot_gen.errors import ConfigError
-from ot_gen.train import build, run
+from ot_gen.run.build import build
+from ot_gen.run.train import run
 
 TINY = ["logger=none", "trainer.enable_progress_bar=false", "data.n_train=2000", "val_samples=300",
         "eval.n_generated=0", "trainer.max_steps=10", "mode.val_every_rounds=5",
@@ -50,7 +51,7 @@ def test_a_folder_holding_a_run_is_refused_untouched_unless_resumed_or_overwritt
     assert "overwrite=true" in again.stderr and "Traceback" not in again.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing of the old run changed"
 
-    from ot_gen.run_dirs import claim
+    from ot_gen.launch.run_dirs import claim
 
     resume_here = _hydra_config(run_dir, f"ckpt_path={run_dir}/checkpoints/last.ckpt")
     assert claim(resume_here, "hydra.run.dir", ".hydra", exclusive_dir=True) == run_dir, "resuming it is allowed"
@@ -71,7 +72,7 @@ def _hydra_config(run_dir: Path, *overrides: str):
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    from ot_gen.run_dirs import claim
+    from ot_gen.launch.run_dirs import claim
 
     same_second = tmp_path / "2026-11-22_10-00-00"
     first = claim(_hydra_config(same_second), "hydra.run.dir", ".hydra", exclusive_dir=True)
@@ -83,7 +84,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
 
 
 def test_a_run_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
-    from ot_gen import run_dirs
+    from ot_gen.launch import run_dirs
 
     def read_only(self, data):
         raise PermissionError(13, "Permission denied", str(self))
@@ -111,7 +112,7 @@ def test_a_failing_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
 
 
 def test_an_optuna_search_space_with_bad_bounds_is_one_line(tmp_path):
-    from ot_gen.search_space import check_search_space
+    from ot_gen.launch.search_space import check_search_space
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -152,7 +153,7 @@ def test_a_checkpoint_of_another_config_names_the_keys_that_differ(config):
     message = str(err.value)
     assert "network.width: 256 in the checkpoint, 32 now" in message
     assert "optimizer.lr: 0.001 in the checkpoint, 0.01 now" in message
-    with pytest.raises(ConfigError, match="prior._target_: 'ot_gen.priors.GaussianPrior' in the checkpoint"):
+    with pytest.raises(ConfigError, match="prior._target_: 'ot_gen.model.priors.GaussianPrior' in the checkpoint"):
         build(config("prior=gmm", f"ckpt_path={ckpt}"))
     build(config("trainer.max_steps=50", "eval.n_generated=10", f"ckpt_path={ckpt}"))  # run length may change
 
@@ -171,7 +172,7 @@ def test_resuming_with_more_steps_stretches_the_cosine_to_the_new_end(config):
         def on_train_batch_start(self, trainer, module, *args):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    module, data, trainer = build(longer)
+    module, data, trainer, _ = build(longer)
     trainer.callbacks.append(Record())
     trainer.fit(module, datamodule=data, ckpt_path=longer.ckpt_path)
     cosine = lambda t: 1e-5 + (1e-3 - 1e-5) * (1 + np.cos(np.pi * t / 28)) / 2  # noqa: E731
@@ -182,7 +183,7 @@ def test_resuming_with_more_steps_stretches_the_cosine_to_the_new_end(config):
 
 # -- files ---------------------------------------------------------------------------------------------------
 def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_tmp(config, monkeypatch):
-    from ot_gen import checkpoints
+    from ot_gen.run import checkpoints
 
     real_save = torch.save
     cfg = config("trainer.max_steps=20", "mode.val_every_rounds=10", "eval.n_generated=0")

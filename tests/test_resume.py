@@ -7,7 +7,7 @@ import json
 import torch
 
 from conftest import ROOT
-from ot_gen.train import run
+from ot_gen.run.train import run
 
 MINI = ["trainer.max_steps=14", "mode.val_every_rounds=7", "scheduler=none", "eval.n_generated=0"]
 

@@ -13,8 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, ROOT, python_env
-from ot_gen.sample import sample, write_samples
-from ot_gen.train import run
+from ot_gen.run.sample import sample, write_samples
+from ot_gen.run.train import run
 
 TINY = ["trainer.max_steps=10", "mode.val_every_rounds=5", "eval.n_generated=0"]
 

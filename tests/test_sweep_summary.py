@@ -28,7 +28,7 @@ def test_multirun_over_matchers_writes_a_summary_table(tmp_path):
 
 
 def test_a_failed_job_is_a_row_not_a_crash(tmp_path):
-    from ot_gen.sweep_summary import collect
+    from ot_gen.launch.sweep_summary import collect
 
     for i, metrics in enumerate(['{"val/w2": 0.5}', None]):
         job = tmp_path / str(i) / ".hydra"

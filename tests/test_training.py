@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from conftest import ROOT, python_env
-from ot_gen.metrics import w2
+from ot_gen.evaluation.metrics import w2
 from ot_gen.errors import ConfigError
-from ot_gen.train import build, run
+from ot_gen.run.build import build
+from ot_gen.run.train import run
 
 # A round of each mode that trains in a few seconds on 2 cores.
 MODES = {
@@ -28,7 +29,7 @@ REQUIRED = {"val/w2", "val/w2_floor", "val/energy", "train/matched_cost", "steps
 
 def untrained_w2(cfg) -> float:
     torch.manual_seed(cfg.seed)
-    module, data, _ = build(cfg)
+    module, data, _, _ = build(cfg)
     data.setup()
     return w2(module.sample(len(data.val_set)), data.val_set)
 
@@ -78,7 +79,7 @@ def test_oversampled_sqrt_schedule_grows_k(config):
 
 
 def test_k_schedules_ramp_from_k_start_to_k():
-    from ot_gen.modes import Oversampled
+    from ot_gen.model.modes import Oversampled
 
     ks = {name: [Oversampled(k=26, k_start=2, k_ramp_rounds=12, k_schedule=name).k_at(r) for r in (0, 3, 6, 12, 50)]
           for name in ("constant", "sqrt", "linear")}
@@ -108,7 +109,7 @@ def test_resume_from_checkpoint_continues_the_run(config):
     with pytest.raises(ConfigError, match="seed: 0 in the checkpoint, 5 now"):  # another data split, other centres
         build(other_seed)
     resumed = config(*MODES["oversampled"], "prior=gmm", "trainer.max_steps=160", f"ckpt_path={ckpt}")
-    module, data, trainer = build(resumed)
+    module, data, trainer, _ = build(resumed)
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt))
     assert trainer.global_step == 160
     assert int(module.rounds) == 2 * int(state["state_dict"]["rounds"])
@@ -119,11 +120,11 @@ def test_generator_ema_is_what_validation_checkpoints_and_resume_see(config):
     """The EMA of the generator (and of it alone) is swapped in for validation, held by the
     checkpoint's state_dict and by the module after training; a resume goes on from the
     training weights and their average."""
-    from ot_gen.sample import load_module
+    from ot_gen.run.sample import load_module
 
-    ema = ("callbacks.ema.decay=0.9", "callbacks.ema.start_step=20")
+    ema = ("ema.decay=0.9", "ema.start_step=20")
     first = config(*MODES["oversampled"], *ema, "trainer.max_steps=80")
-    module, data, trainer = build(first)
+    module, data, trainer, _ = build(first)
     trainer.fit(module, datamodule=data)
     averaged = {k: v.clone() for k, v in module.state_dict().items()}
     path = ROOT / first.paths.output_dir / "last.ckpt"
@@ -140,13 +141,13 @@ def test_generator_ema_is_what_validation_checkpoints_and_resume_see(config):
     loaded, _ = load_module(path)
     assert all(torch.equal(loaded.state_dict()[k], averaged[k]) for k in generator_keys)
 
-    without = config(*MODES["oversampled"], "callbacks.ema=null", "trainer.max_steps=80", f"ckpt_path={path}")
-    module, data, trainer = build(without)
+    without = config(*MODES["oversampled"], "ema=null", "trainer.max_steps=80", f"ckpt_path={path}")
+    module, data, trainer, _ = build(without)
     trainer.fit(module, datamodule=data, ckpt_path=str(path))  # nothing left to train: restores only
     assert all(torch.equal(module.state_dict()[k], weights[k]) for k in generator_keys)
 
     resumed = config(*MODES["oversampled"], *ema, "trainer.max_steps=160", f"ckpt_path={path}")
-    module, data, trainer = build(resumed)
+    module, data, trainer, _ = build(resumed)
     ema_cb = next(cb for cb in trainer.callbacks if cb.__class__.__name__ == "GeneratorEMA")
     trainer.fit(module, datamodule=data, ckpt_path=str(path))
     assert trainer.global_step == 160 and int(ema_cb._average_model.n_averaged) == 35
@@ -170,7 +171,7 @@ def test_train_py_as_a_user_runs_it(tmp_path):
 def test_wandb_by_default_runs_offline_and_records_scalars_pictures_config(config, monkeypatch, tmp_path):
     from wandb_offline import OfflineRun
 
-    from ot_gen.loggers import wandb_logged_in
+    from ot_gen.run.loggers import wandb_logged_in
 
     monkeypatch.delenv("WANDB_MODE")  # let the logger decide by itself: no key, no netrc
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -186,19 +187,19 @@ def test_wandb_by_default_runs_offline_and_records_scalars_pictures_config(confi
             "summary/_type"} <= logged.logged_keys()
     assert {"eval/nn_generated_mean", "eval/nn_train_mean"} <= set(logged.summary)
     assert logged.summary["steps"] == 60 and "val/w2" in logged.summary
-    assert logged.config["mode"]["_target_"] == "ot_gen.modes.Minibatch"
+    assert logged.config["mode"]["_target_"] == "ot_gen.model.modes.Minibatch"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_logged_in()
 
 
 def test_pictures_never_change_a_runs_results(config):
-    """The picture callbacks draw from their own random stream, so a run with them and a
-    run without them (the EMA and checkpoints kept) train on the same latents and data order."""
+    """The callbacks (pictures, checkpoints, classifier and memorization figures) draw from
+    their own random streams, so a run with them and a run with `callbacks=none` train on
+    the same latents and data order; the EMA, part of the result, stays on in both."""
     tiny = ("trainer.max_steps=30", "mode.val_every_rounds=10", "eval.n_generated=0")
     with_pictures = config(*tiny)
-    pictures = ("point_cloud_plots", "image_grids", "latent_traversals", "frechet_classifier", "summary_figure")
-    without = config(*tiny, *(f"callbacks.{name}=null" for name in pictures))
-    assert without.callbacks.ema is not None
+    without = config(*tiny, "callbacks=none")
+    assert without.ema is not None and not without.callbacks
     a, b = run(with_pictures), run(without)
     assert a == b
     ma = json.loads((ROOT / with_pictures.paths.output_dir / "metrics.json").read_text())

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ot_gen.costs import Cost
+from ot_gen.matching.costs import Cost
 from ot_gen.errors import NonFiniteError, check, check_positive_int
 
 MODES = ("minibatch", "oversampled")

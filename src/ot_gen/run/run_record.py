@@ -13,7 +13,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
 from ot_gen import rng
-from ot_gen.checkpoints import CheckpointError
+from ot_gen.run.checkpoints import CheckpointError
 
 KEY = "ot_gen"
 
@@ -71,9 +71,38 @@ class RunRecord(L.Callback):
             rng.set_global_state(states)
 
 
+# Where the package's modules lived before they were grouped into folders (2026-12): a
+# run record written then names its parts by these paths.
+MOVED_MODULES = {
+    "ot_gen.module": "ot_gen.model.module", "ot_gen.modes": "ot_gen.model.modes",
+    "ot_gen.priors": "ot_gen.model.priors", "ot_gen.networks": "ot_gen.model.networks",
+    "ot_gen.ema": "ot_gen.model.ema", "ot_gen.costs": "ot_gen.matching.costs",
+    "ot_gen.metrics": "ot_gen.evaluation.metrics", "ot_gen.frechet": "ot_gen.evaluation.frechet",
+    "ot_gen.pictures": "ot_gen.evaluation.pictures", "ot_gen.checkpoints": "ot_gen.run.checkpoints",
+    "ot_gen.loggers": "ot_gen.run.loggers", "ot_gen.run_dirs": "ot_gen.launch.run_dirs",
+    "ot_gen.search_space": "ot_gen.launch.search_space", "ot_gen.sweep_summary": "ot_gen.launch.sweep_summary",
+}
+
+
+def current_target(target: str) -> str:
+    """A `_target_` as the package names it now (a record may predate the folders)."""
+    module, _, name = target.rpartition(".")
+    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
+
+
+def _current_targets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: current_target(v) if k == "_target_" and isinstance(v, str) else _current_targets(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_current_targets(v) for v in node]
+    return node
+
+
 def read(checkpoint: dict[str, Any], path: str | Path) -> Record:
-    """The record of a loaded checkpoint; an error naming the file when it has none."""
+    """The record of a loaded checkpoint, its `_target_`s as the package names them now;
+    an error naming the file when it has none."""
     record = checkpoint.get(KEY)
     if not isinstance(record, dict) or "config" not in record or "data" not in record:
         raise CheckpointError(f"checkpoint {path} was not written by ot_gen training (no run record)")
-    return Record(record["config"], DataInfo.from_dict(record["data"]), record.get("wandb_run_id"))
+    return Record(_current_targets(record["config"]), DataInfo.from_dict(record["data"]), record.get("wandb_run_id"))

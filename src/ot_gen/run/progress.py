@@ -1,4 +1,6 @@
-"""The console progress bar: one line, in optimizer steps toward `trainer.max_steps`,
+"""How far a run is: the console progress bar, and the clock of time spent validating.
+
+The progress bar: one line, in optimizer steps toward `trainer.max_steps`,
 with the last matched cost and the last validation figure.
 
 Lightning's own bars count batches per epoch, which means little here (a run is counted
@@ -8,6 +10,7 @@ several lines. This one replaces them when `trainer.enable_progress_bar` is true
 from __future__ import annotations
 
 import sys
+import time
 
 import lightning as L
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
@@ -56,3 +59,18 @@ class StepProgressBar(ProgressBar):
         metrics = trainer.callback_metrics
         shown = [f"{label} {float(metrics[key]):.4g}" for key, label in self.SHOWN if key in metrics]
         self.bar.set_postfix_str(", ".join(shown), refresh=False)
+
+
+class ValidationClock(L.Callback):
+    """Seconds spent in validations (metrics, pictures, checkpoints) during `fit`, so
+    metrics.json can tell training time from validation time."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.seconds += time.perf_counter() - self._start

@@ -35,7 +35,16 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to `<name>.tmp`, flushes it to disk, then renames it over
     the target: a crash while saving leaves the previous checkpoint intact, never a torn
-    one. Loading names the file when it is damaged."""
+    one. Loading names the file when it is damaged, and hands over a checkpoint that the
+    build has already read (`hand_over`) instead of reading the file a second time."""
+
+    def __init__(self):
+        super().__init__()
+        self._handed_over: tuple[str, dict[str, Any]] | None = None
+
+    def hand_over(self, path: str | Path, checkpoint: dict[str, Any]) -> None:
+        """The next `load_checkpoint(path)` returns `checkpoint` (read once, by the build)."""
+        self._handed_over = (str(Path(path).resolve()), checkpoint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
@@ -55,6 +64,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        handed, self._handed_over = self._handed_over, None
+        if handed is not None and handed[0] == str(Path(path).resolve()):
+            return handed[1]
         return load(path, map_location)
 
 
@@ -98,18 +110,16 @@ def newest_last(runs_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
-    """`last`: the newest `checkpoints/last.ckpt` under the task's runs dir. A path: must
-    exist and be readable. Checked before any long work starts; returns the path and the
-    loaded checkpoint (None, None without one)."""
+def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path) -> Path | None:
+    """The one reading of `ckpt_path`: `last` is the newest `checkpoints/last.ckpt` under
+    the task's runs dir; a path must be an existing file. None without a resume."""
     if not ckpt_path:
-        return None, None
+        return None
     if ckpt_path == "last":
         found = newest_last(runs_dir)
         if found is None:
             raise ConfigError("ckpt_path", "last", f"a run with checkpoints/last.ckpt under {runs_dir}; none found")
-        ckpt_path = str(found)
-        log.info("ckpt_path=last: resuming from %s", ckpt_path)
+        return found
     if not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or last")
-    return ckpt_path, load(ckpt_path)  # a damaged file is an error now, not after the data is loaded
+    return Path(ckpt_path)

@@ -1,4 +1,4 @@
-"""Logger construction and the one place that sends a picture to whichever loggers are active."""
+"""The loggers a run writes to: W&B online when logged in, offline otherwise."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import threading
 from urllib.parse import urlsplit
 from pathlib import Path
 
-import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
-from matplotlib.figure import Figure
-from torchvision.utils import save_image
+from lightning.pytorch.loggers import WandbLogger
 
 from ot_gen.errors import check_choice
 
@@ -80,24 +77,3 @@ def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     if logger._wandb_init.get("anonymous") is None:
         logger._wandb_init.pop("anonymous", None)
     return logger
-
-
-def log_picture(loggers: list[Logger], out_dir: Path, key: str, picture: Figure | torch.Tensor, step: int) -> Path:
-    """Save a matplotlib figure or an image tensor (C, H, W) in [0, 1] as
-    `out_dir/plots/<name>_step<step>.png` (name: the last part of `key`) and send it to
-    every logger that shows pictures (W&B as wandb.Image, TensorBoard as figure/image)."""
-    path = Path(out_dir) / "plots" / f"{key.rsplit('/', 1)[-1]}_step{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(picture, Figure):
-        picture.savefig(path, dpi=100)  # no bbox_inches="tight": a second layout pass, ~40% of the save
-    else:
-        save_image(picture, path)
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)], step=step)
-        elif isinstance(logger, TensorBoardLogger):
-            if isinstance(picture, Figure):
-                logger.experiment.add_figure(key, picture, global_step=step)
-            else:
-                logger.experiment.add_image(key, picture.clamp(0, 1), global_step=step)
-    return path

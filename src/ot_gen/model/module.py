@@ -1,7 +1,7 @@
 """The LightningModule: one round of OT-matching training per batch of reals.
 
 The module never knows which prior, network, matcher, cost or mode it has: Hydra builds
-them and hands over objects. The mode runs the round (`mode.round(self, y, ids)`) with
+them and hands over objects. The mode runs the round (`mode.round(self, y, ids, figures_due)`) with
 the parts below: sampling, matching (on this rank, or across ranks under DDP) and the
 optimizer step. Optimisation is manual because an oversampled round takes many optimizer
 steps on pairs that exist only inside the round; `trainer.global_step` counts those
@@ -17,13 +17,13 @@ import lightning as L
 import torch
 from torch import nn
 
-from ot_gen.costs import Cost
-from ot_gen.ema import GeneratorEMA
+from ot_gen.matching.costs import Cost
+from ot_gen.model.ema import GeneratorEMA
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import Matcher, Matching
-from ot_gen.metrics import energy_distance, sliced_w2, w2
-from ot_gen.modes import Mode
-from ot_gen.priors import Prior
+from ot_gen.evaluation.metrics import energy_distance, sliced_w2, w2
+from ot_gen.model.modes import Mode
+from ot_gen.model.priors import Prior
 from ot_gen.rng import own_rng
 
 GENERATE_CHUNK = 8192  # generated points per forward pass when no gradient is needed
@@ -49,7 +49,6 @@ class OTGenerator(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self.w2_floor: float | None = None
-        self.figures_due = True  # whether this round's figures (diagnostics, loss) are computed and logged
 
     # -- sampling ------------------------------------------------------------------------
     @torch.no_grad()
@@ -61,15 +60,15 @@ class OTGenerator(L.LightningModule):
         return self.generate(self.prior.sample(n))
 
     # -- the parts a round is made of ----------------------------------------------------
-    def match(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None, each_real: int
-              ) -> tuple[torch.Tensor, Matching]:
+    def match(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None, each_real: int,
+              diagnostics: bool = True) -> tuple[torch.Tensor, Matching]:
         """Pair the generated points `x` with the reals the matcher matches against (the
-        round's reals `y`, or for a matcher over the whole training set, that set).
-        Returns (those reals, the pairs)."""
+        round's reals `y`, or for a matcher over the whole training set, that set), with
+        the matcher's diagnostics when `diagnostics`. Returns (those reals, the pairs)."""
         y, ids = self.matcher.targets(y, ids)
-        return y, self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=self.figures_due)
+        return y, self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=diagnostics)
 
-    def match_across_ranks(self, z, x, y, ids, each_real: int):
+    def match_across_ranks(self, z, x, y, ids, each_real: int, diagnostics: bool = True):
         """`match` over every rank's points at once. Under DDP: ONE assignment over every
         rank's generated points and reals, solved on rank zero and broadcast; each rank
         then regresses on an equal share of the global pairs (pairs r, r + W, r + 2W, ...),
@@ -77,11 +76,11 @@ class OTGenerator(L.LightningModule):
         Returns (latents, reals, this rank's pairs), the first two for all ranks."""
         world, rank = self.trainer.world_size, self.global_rank
         if world == 1:
-            return (z, *self.match(x, y, ids, each_real))
+            return (z, *self.match(x, y, ids, each_real, diagnostics))
         gather = lambda t: self.all_gather(t).flatten(0, 1)  # noqa: E731  (W, n, ...) -> (W·n, ...)
         z, x, y, ids = gather(z), gather(x), gather(y), gather(ids)
         y, ids = self.matcher.targets(y, ids)
-        match = self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=self.figures_due) \
+        match = self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=diagnostics) \
             if rank == 0 else None
         gen_idx, real_idx, stats = self.trainer.strategy.broadcast(
             None if match is None else (match.gen_idx.cpu(), match.real_idx.cpu(), match.stats), src=0
@@ -123,7 +122,7 @@ class OTGenerator(L.LightningModule):
         self.matcher.bind(self.trainer.datamodule.train_set)
 
     def on_load_checkpoint(self, checkpoint) -> None:
-        """A checkpoint written with the generator's EMA (`ot_gen.ema`) holds the average in
+        """A checkpoint written with the generator's EMA (`ot_gen.model.ema`) holds the average in
         `state_dict` and the training weights in `current_model_state`: a run resumed
         without the EMA goes on from the training weights."""
         ema_on = any(isinstance(cb, GeneratorEMA) for cb in self.trainer.callbacks)
@@ -156,10 +155,10 @@ class OTGenerator(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         y, ids = batch
-        self.figures_due = self._figures_due()
-        stats = self.mode.round(self, y, ids)
+        figures_due = self._figures_due()
+        stats = self.mode.round(self, y, ids, figures_due)
         self.rounds += 1
-        if self.figures_due:
+        if figures_due:
             stats["lr"] = self.optimizers().param_groups[0]["lr"]
             self.log("train/matched_cost", float(stats.pop("matched_cost")), prog_bar=True)
             self.log_dict({f"train/{k}": float(v) for k, v in stats.items()})

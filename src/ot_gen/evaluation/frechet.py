@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ot_gen.errors import check_positive_int
-from ot_gen.metrics import knn_precision_recall
+from ot_gen.evaluation.metrics import knn_precision_recall
 from ot_gen.rng import own_rng
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ot_gen.checkpoints import newest_last
+from ot_gen.run.checkpoints import resolve_ckpt_path
 from ot_gen.errors import ConfigError
 
 RUN_FILES = ("metrics.json", "metrics.json.tmp", "checkpoints", "plots", "wandb", "tensorboard", "csv", ".hydra",
@@ -45,9 +45,10 @@ def _user_set(config: DictConfig, key: str) -> bool:
 
 def _resumes_from(config: DictConfig, folder: Path) -> bool:
     ckpt = config.get("ckpt_path")
-    if not ckpt:
-        return False
-    path = newest_last(folder.parent) if ckpt == "last" else Path(str(ckpt))
+    try:
+        path = resolve_ckpt_path(ckpt, folder.parent)
+    except ConfigError:  # no such file: the build says so, naming the key
+        path = None if ckpt == "last" else Path(str(ckpt))
     return path is not None and folder.resolve() in path.resolve().parents
 
 

@@ -1,9 +1,9 @@
 """The two training modes: what one round of training is made of.
 
 Built from `conf/mode/*.yaml` by Hydra's `_target_`; each checks its own values. The
-LightningModule hands every batch of reals to `mode.round(module, y, ids)`; a mode uses
-the module's parts (prior, generator, matcher, optimizer step) and returns the round's
-figures. `reals_per_round` is the data module's batch size; `val_every_rounds` sets how
+LightningModule hands every batch of reals to `mode.round(parts, y, ids, figures_due)`; a
+mode uses what `RoundParts` names of the module (prior, generator, sampling, matching, the
+optimizer step) and nothing else, and returns the round's figures. `reals_per_round` is the data module's batch size; `val_every_rounds` sets how
 often the validation metrics are computed, in rounds.
 """
 
@@ -11,10 +11,41 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from torch import nn
 
 from ot_gen.errors import check, check_choice, check_positive_int
+from ot_gen.matching import Matching
+from ot_gen.matching.costs import Cost
+from ot_gen.model.priors import Prior
+
+
+class RoundParts(Protocol):
+    """What a mode may use of the module in a round (`OTGenerator` provides it)."""
+
+    prior: Prior
+    generator: nn.Module
+    cost: Cost  # the regression loss of a pair
+    rounds: torch.Tensor  # rounds done before this one (0-d)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """The generator on `z`, without gradient."""
+
+    def check_finite(self, t: torch.Tensor, what: str) -> None:
+        """A NonFiniteError naming `what` when `t` holds NaN/Inf."""
+
+    def match(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, each_real: int,
+              diagnostics: bool) -> tuple[torch.Tensor, Matching]:
+        """(the reals matched against, the pairs) on this rank."""
+
+    def match_across_ranks(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                           each_real: int, diagnostics: bool) -> tuple[torch.Tensor, torch.Tensor, Matching]:
+        """(every rank's latents, every rank's reals, this rank's pairs): one assignment."""
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimizer (and scheduler) step on `loss`."""
 
 
 class Mode:
@@ -34,9 +65,10 @@ class Mode:
         check(self.reals_per_round <= n_train, f"mode.{self.reals_key}", self.reals_per_round,
               f"at most the {n_train} training points of data={data_name}")
 
-    def round(self, module, y: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
+    def round(self, module: RoundParts, y: torch.Tensor, ids: torch.Tensor, figures_due: bool) -> dict[str, float]:
         """One round on the reals `y` (training-set indices `ids`); returns its figures
-        (numbers or 0-d tensors), `matched_cost` among them when `module.figures_due`."""
+        (numbers or 0-d tensors), the matcher's diagnostics and `matched_cost` among them
+        when `figures_due` (the rounds whose figures are logged)."""
         raise NotImplementedError
 
 
@@ -58,10 +90,10 @@ class Minibatch(Mode):
         check_positive_int("ratio", self.ratio)
         check_positive_int("val_every_rounds", self.val_every_rounds)
 
-    def round(self, module, y, ids):
+    def round(self, module, y, ids, figures_due):
         x = module.generator(module.prior.sample(self.ratio * len(y)))
         module.check_finite(x, "generated points")
-        y, match = module.match(x, y, ids, each_real=1)
+        y, match = module.match(x, y, ids, each_real=1, diagnostics=figures_due)
         loss = module.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
         module.step(loss)
         return {**match.stats, "loss": loss.detach(), "reals_in_solve": len(y)}
@@ -109,12 +141,12 @@ class Oversampled(Mode):
         grow = math.sqrt(frac) if self.k_schedule == "sqrt" else frac
         return int(round(self.k_start + (self.k - self.k_start) * grow))
 
-    def round(self, module, y, ids):
+    def round(self, module, y, ids, figures_due):
         k = self.k_at(int(module.rounds))
         z = module.prior.sample(k * len(y))
         x = module.generate(z)
         module.check_finite(x, "generated points")
-        z, y, match = module.match_across_ranks(z, x, y, ids, each_real=k)
+        z, y, match = module.match_across_ranks(z, x, y, ids, each_real=k, diagnostics=figures_due)
         z_pairs, y_pairs = z[match.gen_idx], y[match.real_idx]
         for _ in range(self.fit_epochs):
             losses = []  # train/loss: the mean over the round's last pass

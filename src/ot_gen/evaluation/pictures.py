@@ -11,16 +11,43 @@ import numpy as np
 import torch
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid, save_image
 
 from ot_gen.errors import check_positive_int
-from ot_gen.loggers import log_picture
 from ot_gen.rng import own_rng
+
+
+def log_picture(loggers: list[Logger], out_dir: Path, key: str, picture: Figure | torch.Tensor, step: int) -> Path:
+    """Save a matplotlib figure or an image tensor (C, H, W) in [0, 1] as
+    `out_dir/plots/<name>_step<step>.png` (name: the last part of `key`) and send it to
+    every logger that shows pictures (W&B as wandb.Image, TensorBoard as figure/image)."""
+    path = Path(out_dir) / "plots" / f"{key.rsplit('/', 1)[-1]}_step{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(picture, Figure):
+        picture.savefig(path, dpi=100)  # no bbox_inches="tight": a second layout pass, ~40% of the save
+    else:
+        save_image(picture, path)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            if isinstance(picture, Figure):
+                logger.experiment.add_figure(key, picture, global_step=step)
+            else:
+                logger.experiment.add_image(key, picture.clamp(0, 1), global_step=step)
+    return path
 
 
 def _image_grid(dm, images: torch.Tensor, nrow: int) -> torch.Tensor:
     """Images in the data's value range as one grid picture in [0, 1]."""
     return make_grid(dm.to_unit(images).clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
+
+
+def nearest_training_picture(samples: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """Samples (top row) above their nearest training image (bottom row), both in [0, 1]:
+    a copying generator shows the same image twice."""
+    return make_grid(torch.cat([samples, nearest]).clamp(0, 1).cpu(), nrow=len(samples), pad_value=1.0)
 
 
 def _plot_samples(ax, real: torch.Tensor, fake: torch.Tensor) -> None:

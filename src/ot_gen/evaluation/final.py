@@ -1,0 +1,49 @@
+"""The end-of-run evaluation (after the last validation): how well generated points
+approximate unseen ones, with its pictures, and the OT-GAN paper's W1 to the training
+set. Configured by the `eval` block of conf/train.yaml."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+
+from ot_gen.evaluation.metrics import unseen_sample_distances, w1_k_to_1
+from ot_gen.evaluation.pictures import unseen_sample_pictures
+
+log = logging.getLogger(__name__)
+
+
+def final_metrics(cfg: DictConfig, module: L.LightningModule, data, trainer: L.Trainer) -> dict[str, float]:
+    """The `eval/*` figures of a trained `module` (anything with `sample(n)`) on `data`."""
+    return {**_unseen_sample_metrics(cfg, module, data, trainer), **_w1_to_train(cfg, module, data)}
+
+
+def _unseen_sample_metrics(cfg: DictConfig, module: L.LightningModule, data, trainer: L.Trainer) -> dict[str, float]:
+    """How well generated points approximate held-out ones (pixel scale [0, 1] for images),
+    with the histogram and closest-image pictures."""
+    if not cfg.n_generated:
+        return {}
+    heldout = data.to_unit(data.val_set[: cfg.n_heldout].to(module.device))
+    train = data.to_unit(data.train_set.to(module.device))
+    sample = lambda n: data.to_unit(module.sample(n))  # noqa: E731
+    figures, details = unseen_sample_distances(heldout, train, sample, cfg.n_generated, cfg.chunk)
+    if trainer.is_global_zero:
+        unseen_sample_pictures(trainer.loggers, Path(trainer.default_root_dir), heldout, details, trainer.global_step)
+    return figures
+
+
+def _w1_to_train(cfg: DictConfig, module: L.LightningModule, data) -> dict[str, float]:
+    """The OT-GAN paper's figure: W1 (exact OT, Euclidean cost, in the data's own scale)
+    between `eval.w1_reals` training points and `eval.w1_k` times as many generated ones."""
+    if not cfg.w1_k or not cfg.w1_reals:
+        return {}
+    reals = data.train_set[: cfg.w1_reals].to(module.device)
+    start = time.perf_counter()
+    w1 = w1_k_to_1(module.sample(cfg.w1_k * len(reals)), reals)
+    log.info("eval/w1_train %.4f (%d training points, %d× as many generated; %.1f s)",
+             w1, len(reals), cfg.w1_k, time.perf_counter() - start)
+    return {"eval/w1_train": w1}

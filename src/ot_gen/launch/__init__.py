@@ -1,0 +1,1 @@
+"""Hydra callbacks around jobs: run-dir claims, search-space checks, sweep summaries."""

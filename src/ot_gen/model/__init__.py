@@ -1,0 +1,2 @@
+"""The model: the LightningModule, the two training modes, priors, generator networks and
+the generator's weight average (EMA)."""

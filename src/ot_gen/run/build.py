@@ -1,0 +1,151 @@
+"""From a composed config to the objects of a run: every value checked before any long
+work starts, a resume resolved once, the module built the same way for training and for
+`python -m ot_gen.sample`."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ot_gen.errors import ConfigError, check
+from ot_gen.matching import Matcher
+from ot_gen.matching.costs import Cost
+from ot_gen.model.modes import Mode
+from ot_gen.model.module import OTGenerator
+from ot_gen.run import checkpoints, run_record
+from ot_gen.run.config_checks import (
+    LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_resume_config, check_top_level, instantiate_group,
+)
+from ot_gen.run.preemption import Preemption
+from ot_gen.run.progress import StepProgressBar, ValidationClock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A run's checkpoint to continue from, read once: its path, its contents, its record."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    record: run_record.Record
+
+
+class Run(NamedTuple):
+    module: OTGenerator
+    data: L.LightningDataModule
+    trainer: L.Trainer
+    resume: Resume | None
+
+
+def resume_of(ckpt_path: str | None, runs_dir: Path) -> Resume | None:
+    """`ckpt_path` (a file or `last`) resolved and read: a missing or damaged file, or one
+    that ot_gen did not write, fails here, before the data is loaded."""
+    path = checkpoints.resolve_ckpt_path(ckpt_path, runs_dir)
+    if path is None:
+        return None
+    if ckpt_path == "last":
+        log.info("ckpt_path=last: resuming from %s", path)
+    checkpoint = checkpoints.load(path)
+    return Resume(path, checkpoint, run_record.read(checkpoint, path))
+
+
+def build(cfg: DictConfig) -> Run:
+    """Every object of a run, each value checked before any long work starts; the global
+    random streams seeded from `seed` before any object draws from them."""
+    check_top_level(cfg)
+    check_all_types(cfg)
+    check_finite_numbers(OmegaConf.to_container(cfg, resolve=True), only=LIBRARY_GROUPS)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    _check_sweep_direction(cfg)
+    resume = resume_of(cfg.get("ckpt_path"), Path(cfg.paths.output_dir).parent)
+    if resume is not None:
+        check_resume_config(resume.record.config, OmegaConf.to_container(cfg, resolve=True), str(resume.path))
+    mode = instantiate_group("mode", cfg.mode)
+    data = instantiate_group("data", cfg.data, batch_size=mode.reals_per_round)
+    data.setup("fit")  # the data's shape and size decide the network's and the matcher's
+    mode.check_data(len(data.train_set), cfg.data.get("name", cfg.data.get("source")))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = build_module(cfg, mode, run_record.DataInfo.of(data))
+    check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
+    callbacks = [run_record.RunRecord(config), ValidationClock(), Preemption(),
+                 *_instantiate_all("callbacks", cfg.get("callbacks"))]
+    if cfg.get("ema") is not None:  # part of the result: on whatever `callbacks=` says
+        callbacks.append(instantiate_group("ema", cfg.ema))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
+    loggers = _instantiate_all("logger", cfg.get("logger"), **_resumed_wandb_run(cfg, resume))
+    trainer = instantiate_group("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if resume is not None and isinstance(trainer.strategy.checkpoint_io, checkpoints.AtomicCheckpointIO):
+        trainer.strategy.checkpoint_io.hand_over(resume.path, resume.checkpoint)
+    for lg in loggers:
+        lg.log_hyperparams(config)
+    return Run(module, data, trainer, resume)
+
+
+def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGenerator:
+    """The LightningModule of a run config, for data of that description: training builds
+    it from the loaded data, `python -m ot_gen.sample` from a checkpoint's run record."""
+    prior = instantiate_group("prior", cfg.prior)
+    in_dim = cfg.network.get("in_dim", prior.dim)
+    check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
+    generator = instantiate_group("network", cfg.network, out_shape=data.shape)
+    cost, match_cost = _costs(cfg)
+    matcher = _matcher(cfg, mode, data)
+    optimizer = instantiate_group("optimizer", cfg.optimizer)
+    try:
+        optimizer(generator.parameters())  # torch checks lr, betas, ... here
+    except (ValueError, TypeError) as e:
+        raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
+    scheduler = instantiate_group("scheduler", cfg.scheduler) if cfg.get("scheduler") else None
+    return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
+
+
+def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dict[str, Any]) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, logger)."""
+    return [instantiate_group(f"{group}.{name}", node, **kwargs_by_name.get(name, {}))
+            for name, node in (nodes or {}).items() if node is not None]  # name=null: left out
+
+
+def _resumed_wandb_run(cfg: DictConfig, resume: Resume | None) -> dict[str, dict[str, Any]]:
+    """When resuming from a checkpoint written by a W&B run, continue that run."""
+    if resume is None or not resume.record.wandb_run_id or "wandb" not in (cfg.get("logger") or {}):
+        return {}
+    return {"wandb": {"id": resume.record.wandb_run_id, "resume": "allow"}}
+
+
+def _check_sweep_direction(cfg: DictConfig) -> None:
+    """A sweeper that optimises (Optuna) must minimise: every val/* metric is a distance."""
+    if not HydraConfig.initialized():
+        return
+    direction = HydraConfig.get().sweeper.get("direction")
+    if direction is not None:
+        directions = list(direction) if OmegaConf.is_list(direction) else [direction]
+        check(all(str(d).lower() == "minimize" for d in directions), "hydra.sweeper.direction", direction,
+              f"minimize: optimized_metric={cfg.optimized_metric} is a distance")
+
+
+def _costs(cfg: DictConfig) -> tuple[Cost, Cost | None]:
+    cost = instantiate_group("cost", cfg.cost)
+    check(not cost.matches_only, "cost", cost.name,
+          f"a regression cost; {cost.name} only matches: cost@match_cost={cost.name} with cost=ssim or sqeuclidean")
+    match_cost = instantiate_group("match_cost", cfg.match_cost) if cfg.get("match_cost") else None
+    return cost, match_cost
+
+
+def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> Matcher:
+    """The matcher, after it agreed to the mode and the strategy, given what it asks of
+    the data (constructor arguments `data_shape`, `n_reals`)."""
+    target = hydra.utils.get_object(cfg.matcher._target_)
+    target.check_run(mode.name, distributed=str(cfg.trainer.get("strategy", "auto")).startswith("ddp"))
+    known = {"data_shape": data.shape, "n_reals": data.n_train}
+    params = inspect.signature(target).parameters
+    return instantiate_group("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})

@@ -1,0 +1,132 @@
+"""Write N samples of a trained generator to a .npy file (and optionally a PNG): the task
+behind `python -m ot_gen.sample` (conf/sample.yaml).
+
+    python -m ot_gen.sample ckpt_path=PATH n=100000 out=samples.npy [png=grid.png]
+                            [batch=10000] [device=auto|cpu|cuda] [seed=0]
+
+The module is rebuilt from the run record in the checkpoint (its config and the data's
+description) by `run.build.build_module`, the code that built it for training, and loaded
+whole. The array has shape (N, *data_shape) in the data's value range (images are
+clamped to it). Samples are generated `batch` at a time straight into a memory-mapped
+.npy file, so 100,000 CIFAR-size samples never sit in memory at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ot_gen.errors import ConfigError, OTGenError, check, check_choice, check_positive_int
+from ot_gen.model.module import OTGenerator
+from ot_gen.run import checkpoints, run_record
+from ot_gen.run.build import build_module
+from ot_gen.run.config_checks import instantiate_group
+
+
+def load_module(ckpt_path: str | Path, device: str = "cpu") -> tuple[OTGenerator, run_record.DataInfo]:
+    """(the trained module in eval mode, the description of its data) from a checkpoint."""
+    ckpt = checkpoints.load(ckpt_path)
+    record = run_record.read(ckpt, ckpt_path)
+    cfg = OmegaConf.create(record.config)
+    module = build_module(cfg, instantiate_group("mode", cfg.mode), record.data)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.to(device).eval(), record.data
+
+
+def _partial(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place (same folder, same suffix)."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+@torch.no_grad()
+def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cpu", seed: int = 0,
+                  png=None) -> np.ndarray:
+    """Write the samples to `out` (and the picture to `png`), each first under a
+    `.partial` name, its whole size reserved on disk before any sample is generated, then
+    renamed into place: a failure (a full disk, a signal) leaves no truncated output, and
+    an existing file is replaced only by a complete one. Returns the array, memory-mapped."""
+    module, data = load_module(ckpt_path, device)
+    torch.manual_seed(seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(out)
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *data.shape))
+        with open(tmp, "r+b") as f:  # a sparse file would fail later, mid-write, with SIGBUS
+            os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
+        for start in range(0, n, batch):
+            x = module.sample(min(batch, n - start))
+            if data.value_range is not None:
+                x = x.clamp(*data.value_range)
+            array[start : start + len(x)] = x.float().cpu().numpy()
+        array.flush()
+        del array
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    array = np.load(out, mmap_mode="r")
+    if png is not None:
+        png = Path(png)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _picture(torch.from_numpy(np.array(array[:1000])), data, _partial(png))
+            os.replace(_partial(png), png)
+        finally:
+            _partial(png).unlink(missing_ok=True)
+    return array
+
+
+def _picture(x: torch.Tensor, data: run_record.DataInfo, path: Path) -> None:
+    if x.dim() == 4:
+        from torchvision.utils import save_image
+
+        lo, hi = data.value_range
+        save_image((x[:64] - lo) / (hi - lo), path, nrow=8, pad_value=1.0)
+        return
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    if x.shape[1] == 1:
+        ax.hist(x[:, 0].numpy(), bins=50)
+    else:
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=3)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def sample(cfg: DictConfig) -> int:
+    """The task: check every argument, write the samples; a mistake is one line on stderr
+    (exit code 2), a damaged checkpoint or a failed write too (exit code 1)."""
+    try:
+        check(cfg.ckpt_path is not None, "ckpt_path", None, "a checkpoint file (checkpoints/last.ckpt of a run)")
+        ckpt = Path(cfg.ckpt_path)
+        check(ckpt.is_file(), "ckpt_path", cfg.ckpt_path, "an existing checkpoint file")
+        check_positive_int("n", cfg.n)
+        check_positive_int("batch", cfg.batch)
+        check_positive_int("seed", cfg.seed, minimum=0)
+        device = check_choice("device", cfg.device, ["auto", "cpu", "cuda"])
+        check(device != "cuda" or torch.cuda.is_available(), "device", device, "auto or cpu: no CUDA device here")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        for key, suffix in (("out", ".npy"), ("png", ".png")):
+            path = cfg[key]
+            if path is None:
+                continue
+            check(Path(path).suffix == suffix, key, path, f"a file name ending in {suffix}")
+            check(not Path(path).is_dir(), key, path, f"a file name ending in {suffix}, not a folder")
+            check(not (Path(path).exists() and Path(path).resolve() == ckpt.resolve()), key, path,
+                  "a file other than the checkpoint it reads")
+        array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png)
+    except OTGenError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except OSError as e:  # a full disk, a folder without write permission: nothing was left behind
+        print(f"could not write out={cfg.out}" + (f" / png={cfg.png}" if cfg.png else "") + f": {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {cfg.out}: {array.shape} float32" + (f", and {cfg.png}" if cfg.png else ""))
+    return 0

@@ -1,0 +1,128 @@
+"""run(cfg): build everything from the composed config, fit, evaluate, write metrics.json,
+return the metric named by `optimized_metric` so Hydra sweepers can optimise it; `task`
+wraps it for the Hydra entry point (user mistakes as one-line errors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig
+
+from ot_gen.errors import ConfigError, OTGenError
+from ot_gen.evaluation.final import final_metrics
+from ot_gen.run import checkpoints
+from ot_gen.run.build import build
+from ot_gen.run.preemption import stops_on_sigterm
+from ot_gen.run.progress import ValidationClock
+
+log = logging.getLogger(__name__)
+
+
+# -- one run ----------------------------------------------------------------------------
+def run(cfg: DictConfig) -> float:
+    start = time.perf_counter()
+    log.info("run dir %s", cfg.paths.output_dir)
+    module, data, trainer, resume = build(cfg)
+    try:
+        fit_start = time.perf_counter()
+        trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else resume.path)
+        fit_s = time.perf_counter() - fit_start
+        val_s = next(cb.seconds for cb in trainer.callbacks if isinstance(cb, ValidationClock))
+        train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        with stops_on_sigterm(trainer, "the final evaluation", "checkpoints/last.ckpt holds the final state; "
+                              "metrics.json is not written: run again with ckpt_path=<that file> to evaluate it"):
+            checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
+            val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+            unseen = final_metrics(cfg.eval, module, data, trainer)
+        metrics = {
+            **train_metrics,
+            **val_metrics,
+            **unseen,
+            "steps": trainer.global_step,
+            "rounds": int(module.rounds),
+            "s_per_round": fit_s / max(int(module.rounds), 1),
+            "val_s": val_s,  # of fit_s, in validations
+            "train_s_per_step": (fit_s - val_s) / max(trainer.global_step, 1),
+            "wall_s": time.perf_counter() - start,
+        }
+        if trainer.is_global_zero:
+            _report(metrics, Path(cfg.paths.output_dir), trainer)
+        return metrics[cfg.optimized_metric]
+    finally:
+        _finish_wandb()
+
+
+def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out_dir / "metrics.json")
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(metrics)
+            run_files = Path(lg.experiment.dir).parent
+            if run_files.name.startswith("offline-run"):
+                log.info("W&B run saved offline; upload it with: wandb sync %s", run_files)
+    log.info(
+        "val/w2 %.4f (floor %.4f, ratio %.2f), val/energy %.4f, %d steps in %.1f s; run dir %s",
+        metrics["val/w2"], metrics["val/w2_floor"], metrics["val/w2_ratio"], metrics["val/energy"],
+        metrics["steps"], metrics["wall_s"], out_dir,
+    )
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run, so every multirun job gets its own (even after an error)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+# -- the Hydra task: user mistakes and numerical faults as one-line errors ----------------
+def quiet_libraries() -> None:
+    """Keep the console to what helps: no device report or advertising tip from Lightning
+    (its INFO lines), no deprecation notice that Lightning's own code triggers in torch."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # The data module restores its position in the data order itself (`rounds_served` in its
+    # state_dict, tested): Lightning's warning that a mid-epoch resume is unreliable is wrong here.
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+
+
+def task(cfg: DictConfig) -> float:
+    quiet_libraries()
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    sweeping = bool(hydra_cfg) and hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        return run(cfg)
+    except Exception as e:
+        full = os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(hydra_cfg and hydra_cfg.verbose)
+        mistake = isinstance(e, OTGenError)  # a user mistake or a numerical fault: one line
+        if not sweeping:
+            if full or not mistake:
+                raise  # a bug, or HYDRA_FULL_ERROR=1: the traceback, printed by Hydra
+            log.error("%s: %s", type(e).__name__, e)
+            sys.exit(2 if isinstance(e, ConfigError) else 1)
+        # In a sweep, one failed job (a bad value, a divergence, a crash) is a `failed` row
+        # of the summary with its reason (a crash's traceback in the job's log); the other
+        # jobs run, and the sweeper sees inf.
+        (log.error if mistake and not full else log.exception)("%s: %s", type(e).__name__, e)
+        _record_failure(Path(cfg.paths.output_dir), f"{type(e).__name__}: {e}")
+        return float("inf")
+
+
+def _record_failure(out_dir: Path, reason: str) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "failed.txt").write_text(reason.splitlines()[0] + "\n")
+    except OSError:
+        log.warning("could not write %s", out_dir / "failed.txt")
