@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +16,11 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+# The project's real data: ../shared/data beside the checkout (as in CI), or $OT_GEN_TEST_DATA.
+SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))
+HAS_SHARED = (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+needs_shared = pytest.mark.skipif(not HAS_SHARED, reason=f"no test data at {SHARED}")
 
 # Small and fast, but real: real data, real solver, real Lightning loop.
 FAST = [
@@ -71,3 +79,28 @@ def python_env() -> dict[str, str]:
     env.pop("WANDB_API_KEY", None)
     env.pop("WANDB_SERVICE", None)
     return env
+
+
+# -- image data on disk, made by the tests ----------------------------------------------------
+def write_cifar(root, n_per_batch=20, batches=2):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, batches + 1)] + ["test_batch"]:
+        entry = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 "labels": list(rng.integers(0, 10, n_per_batch))}
+        with open(base / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return base
+
+
+def write_folder(root):
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(root / f"rgb{i}.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(root / "sub" / "gray.jpg")
+    (root / "broken.png").write_bytes(b"\x89PNG garbage")
+    return root

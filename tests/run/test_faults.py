@@ -42,6 +42,7 @@ def finish(run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_the_same_wandb_run(tmp_path):
     runs = tmp_path / "runs"
@@ -61,6 +62,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_the_same_wandb_run
     assert first.name.split("-")[-1] == second.name.split("-")[-1] == saved["ot_gen"]["wandb_run_id"]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(tmp_path):
     straight = finish(tmp_path / "straight")

@@ -3,6 +3,8 @@ samples: its run record names the old module paths (ot_gen.priors, ot_gen.networ
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,6 @@ from conftest import ROOT, python_env
 from ot_gen.run.build import build
 from ot_gen.run.run_record import current_target, read
 from ot_gen.run.sample import write_samples
-from ot_gen.run.train import run
 
 FIXTURE = ROOT / "tests" / "fixtures" / "premove_2d.ckpt"  # train.py prior=gmm network.width=16, 20 steps, at f011d9f
 
@@ -53,6 +54,7 @@ def test_an_old_checkpoint_resumes_to_the_new_length(config, tmp_path):
     assert trainer.global_step == 30 and int(module.rounds) == 30
 
 
+@pytest.mark.e2e
 def test_python_m_ot_gen_sample_reads_an_old_checkpoint(tmp_path):
     out = tmp_path / "s.npy"
     proc = subprocess.run([sys.executable, "-m", "ot_gen.sample", f"ckpt_path={FIXTURE}", "n=50", f"out={out}"],

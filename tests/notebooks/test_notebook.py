@@ -9,9 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT
-
-SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))
+from conftest import ROOT, SHARED
 
 NOTEBOOK = ROOT / "notebooks" / "explore_run.ipynb"
 
@@ -35,6 +33,7 @@ def outputs(nb) -> tuple[str, int]:
     return text, images
 
 
+@pytest.mark.e2e
 def test_notebook_runs_on_a_tiny_2d_run(config):
     from ot_gen.run.train import run
 
@@ -47,6 +46,7 @@ def test_notebook_runs_on_a_tiny_2d_run(config):
     assert images >= 5, "the samples scatter and the saved pictures are displayed"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason=f"no Fashion-MNIST at {SHARED}")
 def test_notebook_runs_on_a_tiny_image_run_with_traversals_and_closest_images(config):
     from ot_gen.run.train import run

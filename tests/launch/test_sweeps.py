@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import subprocess
 import sys
 
-from conftest import FAST, ROOT, python_env
+from conftest import FAST, HAS_SHARED, ROOT, SHARED, python_env
 
 
+@pytest.mark.e2e
 def test_multirun_over_matchers_writes_a_summary_table(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "matcher=exact,random,nearest", *FAST, "trainer.max_steps=60",
@@ -27,6 +30,7 @@ def test_multirun_over_matchers_writes_a_summary_table(tmp_path):
     assert md[0].startswith("| job | matcher | status | val/w2") and len(md) == 5
 
 
+@pytest.mark.e2e
 def test_a_failed_job_is_a_row_not_a_crash(tmp_path):
     from ot_gen.launch.sweep_summary import collect
 
@@ -48,6 +52,7 @@ def sweep(tmp_path, *args):
     return subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.e2e
 def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
     proc = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3", "mode.pool_size=100",
                  "data.n_train=500")
@@ -61,11 +66,13 @@ def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
     assert best.best_value == min(float(r["val/w2"]) for r in rows)
 
 
+@pytest.mark.e2e
 def test_optuna_must_minimise_a_distance(tmp_path):
     proc = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=maximize")
     assert "ConfigError: hydra.sweeper.direction='maximize' is not allowed: minimize" in proc.stderr + proc.stdout
 
 
+@pytest.mark.e2e
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc = sweep(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,13 +94,12 @@ def test_slurm_launcher_config_composes():
     assert launcher.timeout_min == 240 and launcher.gpus_per_node == 1
 
 
+@pytest.mark.e2e
 def test_every_named_experiment_runs_in_fast_dev_mode(tmp_path):
     """`experiment=glob(*)`: each one a real job of one training round (Lightning's
     fast_dev_run), the image ones on the real data when it is on this machine. The paper's
     W1 is left to test_training (5000 x 50,000 against an untrained generator takes minutes
     here), and the whole-set experiments' rounds (the same kind of solve) run on 1000 images."""
-    from test_images import HAS_SHARED, SHARED
-
     experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
     whole_set = ["emgn_mnist", "otgan_fashion", "otgan_fashion_exact", "otgan_mnist"]  # one pool: all training images
     smaller = ["data.n_train=1000"]  # their pools (and emgn_mnist's mixture) follow data.n_train

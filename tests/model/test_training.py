@@ -153,6 +153,7 @@ def test_generator_ema_is_what_validation_checkpoints_and_resume_see(config):
     assert trainer.global_step == 160 and int(ema_cb._average_model.n_averaged) == 35
 
 
+@pytest.mark.e2e
 def test_train_py_as_a_user_runs_it(tmp_path):
     """`python train.py prior=gmm matcher=exact` (shortened) writes metrics.json in its run dir."""
     out = tmp_path / "run"
@@ -209,6 +210,7 @@ def test_pictures_never_change_a_runs_results(config):
     assert list((ROOT / with_pictures.paths.output_dir / "plots").glob("density_step*.png"))
 
 
+@pytest.mark.e2e
 def test_the_console_shows_what_helps_and_nothing_else(tmp_path):
     """A default run's console: the run dir, one progress bar in steps toward max_steps,
     the final line and the W&B sync command; no Lightning device lines or tip, no W&B

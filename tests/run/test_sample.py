@@ -19,6 +19,7 @@ from ot_gen.run.train import run
 TINY = ["trainer.max_steps=10", "mode.val_every_rounds=5", "eval.n_generated=0"]
 
 
+@pytest.mark.e2e
 def test_export_from_a_2d_run_via_the_command(config, tmp_path):
     cfg = config(*TINY)
     run(cfg)
@@ -66,6 +67,7 @@ def test_bad_arguments_are_one_line_errors(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_an_unknown_argument_is_refused_by_hydra_as_in_train_py():
     with pytest.raises(ConfigCompositionException, match="Could not override 'ckpt'"):
         sample_config("ckpt=x")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, SHARED, needs_shared, write_cifar, write_folder
 from ot_gen.data import ImageDataModule
 from ot_gen.data.image_readers import DataFileError
 from ot_gen.data.synthetic_images import FAMILIES
@@ -23,12 +20,6 @@ from ot_gen.evaluation.metrics import nearest
 from ot_gen.model.networks import DeconvGenerator
 from ot_gen.run.build import build
 from ot_gen.run.train import run
-
-# The project's real data: ../shared/data beside the checkout (as in CI), or $OT_GEN_TEST_DATA.
-SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))
-HAS_SHARED = (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
-needs_shared = pytest.mark.skipif(not HAS_SHARED, reason=f"no test data at {SHARED}")
-
 
 def datamodule(source, tmp_path, **kw):
     dm = ImageDataModule(source, cache_dir=str(tmp_path / "cache"), **{"download": False, **kw})
@@ -97,20 +88,6 @@ def test_wrong_sizes_in_idx_files_are_named(tmp_path):
 
 
 # -- CIFAR-10 on-disk format --------------------------------------------------------------------
-def write_cifar(root, n_per_batch=20, batches=2):
-    base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, batches + 1)] + ["test_batch"]:
-        entry = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "labels": list(rng.integers(0, 10, n_per_batch))}
-        with open(base / name, "wb") as f:
-            pickle.dump(entry, f)
-    with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    return base
-
-
 def test_cifar10_reads_its_on_disk_format(tmp_path):
     base = write_cifar(tmp_path / "c10")
     dm = datamodule("cifar10", tmp_path, root=str(tmp_path / "c10"), n_val=10)
@@ -130,16 +107,6 @@ def test_cifar10_corrupt_batch_is_named(tmp_path):
 
 
 # -- image folders ----------------------------------------------------------------------------
-def write_folder(root):
-    (root / "sub").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(root / f"rgb{i}.png")
-    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(root / "sub" / "gray.jpg")
-    (root / "broken.png").write_bytes(b"\x89PNG garbage")
-    return root
-
-
 def test_image_folder_converts_resizes_and_skips_bad_files(tmp_path, caplog):
     root = write_folder(tmp_path / "imgs")
     dm = datamodule("image_folder", tmp_path, root=str(root), image_size=16, channels=3, n_val=2)
