@@ -16,6 +16,12 @@ images for three stand-ins of a generator:
 
 The figures are those the training run logs at each validation (val/frechet_classifier,
 val/precision_classifier, val/recall_classifier), so a run's numbers read against them.
+
+`--memorization` prints the memorization figures a run logs (val/train_distance_ratio,
+val/near_copies, val/data_copying_ct; `ot_gen.evaluation.memorization`) for three
+stand-ins, all scored against the first half of the held-out images as the reference:
+the second half of the held-out images (unseen real data: novel), training images (pure
+copies) and the same training images blurred 3×3 (softened copies).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ot_gen.run.config_checks import instantiate_group  # noqa: E402
 from ot_gen.evaluation.frechet import ClassifierFrechet, image_scores, train_classifier  # noqa: E402
+from ot_gen.evaluation.memorization import Reference, data_copying_ct, pixel_scores  # noqa: E402
 
 
 def blur(images: torch.Tensor) -> torch.Tensor:
@@ -40,8 +47,8 @@ def blur(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
 
 
-def reference_rows(experiment: str, data_dir: Path, cache_dir: Path,
-                   overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+def _setup(experiment: str, data_dir: Path, cache_dir: Path, overrides: tuple[str, ...]):
+    """(the experiment's config, its data set up, the classifier its runs train)."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", *overrides, f"paths.data_dir={data_dir}",
                                           f"data.cache_dir={cache_dir}", "paths.output_dir=/tmp/unused"])
@@ -51,6 +58,30 @@ def reference_rows(experiment: str, data_dir: Path, cache_dir: Path,
     data.setup("fit")
     model = train_classifier(data.train_set[: settings.max_train], data.train_labels[: settings.max_train],
                              settings.steps, seed=settings.seed)
+    return cfg, settings, data, model
+
+
+def memorization_rows(experiment: str, data_dir: Path, cache_dir: Path,
+                      overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+    cfg, settings, data, model = _setup(experiment, data_dir, cache_dir, overrides)
+    mem = cfg.callbacks.memorization
+    held = data.val_set[: mem.n_samples]
+    reference, unseen = held[: len(held) // 2], held[len(held) // 2 :]
+    train = data.train_set
+    copies = train[: len(unseen)]
+    ref = Reference.of(data.to_unit(reference), data.to_unit(train))
+    features = lambda x: model.features(x).detach()  # noqa: E731
+    rows = {}
+    for name, images in (("held-out (unseen)", unseen), ("copies", copies), ("blurred copies", blur(copies))):
+        rows[name] = {**pixel_scores(data.to_unit(images).clamp(0, 1), data.to_unit(train), ref),
+                      "data_copying_ct": data_copying_ct(features(train), features(reference), features(images),
+                                                         mem.cells, mem.min_per_cell // 2)}
+    return rows
+
+
+def reference_rows(experiment: str, data_dir: Path, cache_dir: Path,
+                   overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+    cfg, settings, data, model = _setup(experiment, data_dir, cache_dir, overrides)
     held = data.val_set[: settings.n_samples]
     real = data.train_set[: len(held)]
     mean = data.train_set.mean(0, keepdim=True).expand_as(real)
@@ -65,7 +96,19 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=["emgn_mnist", "otgan_fashion", "otgan_mnist"])
     parser.add_argument("--override", nargs="*", default=[],
                         help="Hydra overrides after the experiment's, as a run would take them (e.g. data=fashion_mnist)")
+    parser.add_argument("--memorization", action="store_true",
+                        help="the memorization figures (copies or new images?) instead of the quality figures")
     args = parser.parse_args()
+    if args.memorization:
+        print("| experiment | stand-in | train distance ratio | near copies | C_T (data copying) |")
+        print("| --- | --- | --- | --- | --- |")
+        for experiment in args.experiments:
+            label = " ".join([experiment, *args.override])
+            for name, s in memorization_rows(experiment, args.data_dir.resolve(), args.cache_dir,
+                                             tuple(args.override)).items():
+                print(f"| {label} | {name} | {s['train_distance_ratio']:.3f} | {s['near_copies']:.3f} | "
+                      f"{s['data_copying_ct']:.2f} |", flush=True)
+        return
     print("| experiment | stand-in | Fréchet (classifier) | precision | recall |")
     print("| --- | --- | --- | --- | --- |")
     for experiment in args.experiments:
