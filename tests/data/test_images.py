@@ -184,20 +184,21 @@ def test_nearest_distances_match_brute_force():
     assert torch.allclose((closest - q).flatten(1).norm(dim=1), dist, atol=1e-4), "the closest candidates themselves"
 
 
-@pytest.mark.parametrize("experiment", ["emgn_mnist_smoke", "otgan_fashion_smoke"])
+@pytest.mark.parametrize("experiment", ["emgn_mnist", "otgan_fashion"])
 @needs_shared
-def test_reference_experiments_run_at_smoke_size(config, experiment, tmp_path):
-    cfg = config(f"experiment={experiment}", f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache",
-                 "data.download=false", fast=False)
-    cfg.logger = None
-    cfg.trainer.enable_progress_bar = False
+def test_reference_experiments_run_at_debug_size_with_quality_and_memorization_figures(config, experiment, tmp_path):
+    """`experiment=<reference> debug=smoke`: the same recipe, seconds long, every figure."""
+    cfg = config(f"experiment={experiment}", "debug=smoke", f"paths.data_dir={SHARED}",
+                 f"data.cache_dir={tmp_path}/cache", "data.download=false", fast=False)
+    assert cfg.mode.pool_size == cfg.data.n_train == 500 and cfg.logger is None  # whole set, shrunk
     run(cfg)
     out = ROOT / cfg.paths.output_dir
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"eval/nn_generated_mean", "eval/nn_train_mean", "train/matched_cost"} <= set(metrics)
+    assert {"eval/nn_generated_mean", "eval/nn_train_mean", "train/matched_cost", "val/frechet_classifier",
+            "val/train_distance_ratio", "val/near_copies", "val/data_copying_ct"} <= set(metrics)
     assert metrics["eval/nn_train_mean"] < metrics["eval/nn_generated_mean"]  # untrained: far from data
     step = metrics["steps"]
-    for kind in ("samples", "pairs"):
+    for kind in ("samples", "pairs", "nearest_train", "interpolation"):
         assert (out / "plots" / f"{kind}_step{step:07d}.png").is_file()
 
 
