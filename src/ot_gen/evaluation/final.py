@@ -9,17 +9,43 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
-from ot_gen.evaluation.metrics import unseen_sample_distances, w1_k_to_1
+from ot_gen.evaluation.metrics import unseen_sample_distances, w1_k_to_1, w2
 from ot_gen.evaluation.pictures import unseen_sample_pictures
+from ot_gen.rng import own_rng
 
 log = logging.getLogger(__name__)
 
 
 def final_metrics(cfg: DictConfig, module: L.LightningModule, data, trainer: L.Trainer) -> dict[str, float]:
     """The `eval/*` figures of a trained `module` (anything with `sample(n)`) on `data`."""
-    return {**_unseen_sample_metrics(cfg, module, data, trainer), **_w1_to_train(cfg, module, data)}
+    return {**w2_over_draws(cfg.w2_draws, module, data), **_unseen_sample_metrics(cfg, module, data, trainer),
+            **_w1_to_train(cfg, module, data)}
+
+
+@torch.no_grad()
+def w2_over_draws(draws: int, module: L.LightningModule, data) -> dict[str, float]:
+    """val/w2 is one draw of generated points against the held-out set: its noise is as large
+    as the differences a reader looks for. At the end, `draws` fixed draws (the first is
+    validation's own) give `eval/w2` (their mean) and `eval/w2_spread` (their std); the floor
+    likewise, `draws` disjoint training subsets of the held-out set's size against it
+    (`eval/w2_floor`, `eval/w2_floor_spread`), and `eval/w2_ratio` = mean over mean."""
+    if not draws:
+        return {}
+    held = data.val_set.to(module.device)
+    n = min(len(held), len(data.train_set))
+    scores, floors = [], []
+    for r in range(draws):  # r = 0: what every validation draws and scores
+        with own_rng(module.device, r):
+            scores.append(w2(module.sample(len(held)), held))
+        subset = torch.arange(len(data.train_set)).roll(-r * n)[:n]  # disjoint while the set holds draws × n
+        floors.append(w2(data.train_set[subset].to(module.device), held[:n]))
+    mean, floor = float(np.mean(scores)), float(np.mean(floors))
+    return {"eval/w2": mean, "eval/w2_spread": float(np.std(scores)), "eval/w2_floor": floor,
+            "eval/w2_floor_spread": float(np.std(floors)), "eval/w2_ratio": mean / max(floor, 1e-12)}
 
 
 def _unseen_sample_metrics(cfg: DictConfig, module: L.LightningModule, data, trainer: L.Trainer) -> dict[str, float]:

@@ -181,7 +181,8 @@ def check_top_level(cfg: DictConfig) -> None:
     check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,
           f"one of {', '.join(VAL_METRICS)}")
     check_positive_int("val_samples", cfg.val_samples, minimum=2)
-    for key, minimum in (("n_heldout", 1), ("n_generated", 0), ("chunk", 1), ("w1_k", 0), ("w1_reals", 0)):
+    for key, minimum in (("w2_draws", 0), ("n_heldout", 1), ("n_generated", 0), ("chunk", 1), ("w1_k", 0),
+                         ("w1_reals", 0)):
         check_positive_int(f"eval.{key}", cfg.eval[key], minimum)
     check(isinstance(cfg.get("overwrite", False), bool), "overwrite", cfg.get("overwrite"), "true or false")
 

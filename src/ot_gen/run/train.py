@@ -73,11 +73,13 @@ def _report(metrics: dict[str, float], out_dir: Path, trainer: L.Trainer) -> Non
             run_files = Path(lg.experiment.dir).parent
             if run_files.name.startswith("offline-run"):
                 log.info("W&B run saved offline; upload it with: wandb sync %s", run_files)
-    log.info(
-        "val/w2 %.4f (floor %.4f, ratio %.2f), val/energy %.4f, %d steps in %.1f s; run dir %s",
-        metrics["val/w2"], metrics["val/w2_floor"], metrics["val/w2_ratio"], metrics["val/energy"],
-        metrics["steps"], metrics["wall_s"], out_dir,
-    )
+    if "eval/w2" in metrics:  # the headline: the mean over several draws, with its spread
+        w2 = (f"W2 {metrics['eval/w2']:.4f} ± {metrics['eval/w2_spread']:.4f} (floor {metrics['eval/w2_floor']:.4f} "
+              f"± {metrics['eval/w2_floor_spread']:.4f}, ratio {metrics['eval/w2_ratio']:.2f})")
+    else:
+        w2 = f"val/w2 {metrics['val/w2']:.4f} (floor {metrics['val/w2_floor']:.4f}, ratio {metrics['val/w2_ratio']:.2f})"
+    log.info("%s, val/energy %.4f, %d steps in %.1f s; run dir %s",
+             w2, metrics["val/energy"], metrics["steps"], metrics["wall_s"], out_dir)
 
 
 def _finish_wandb() -> None:
