@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -204,7 +206,14 @@ TINY = ["trainer.max_steps=40", "mode.val_every_rounds=20", "eval.n_generated=20
 
 @pytest.mark.parametrize("matcher", ["nearest", "sinkhorn", "critic", "random"])
 def test_each_matcher_trains_in_minibatch_mode(config, matcher):
-    assert torch.isfinite(torch.tensor(run(config(f"matcher={matcher}", *TINY))))
+    import json
+
+    cfg = config(f"matcher={matcher}", *TINY)
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["rounds"] == 40
+    if matcher != "random":  # a matching never pairs worse than the identity pairing of the same points
+        assert metrics["train/matched_cost"] <= metrics["train/identity_cost"]
 
 
 @pytest.mark.parametrize("matcher", ["nearest", "sinkhorn", "critic", "semidiscrete"])
