@@ -37,7 +37,9 @@ def trajectory(run_dir: Path) -> list[dict[str, float]]:
                 continue
             step = int(float(row["step"]))
             by_step[step] = {"round": step + 1, **{k: float(row[k]) if row.get(k) else math.nan for k in KEYS}}
-    return [by_step[s] for s in sorted(by_step)]
+    rows = [by_step[s] for s in sorted(by_step)]
+    # the end-of-run validation scores the final generator again, one step later: the same figures
+    return [v for i, v in enumerate(rows) if i == 0 or any(v[k] != rows[i - 1][k] for k in KEYS)]
 
 
 def meets(v: dict[str, float], frechet: float, recall: float) -> tuple[bool, bool]:

@@ -3,15 +3,18 @@ unseen real images as novel, blurred copies in between (real MNIST)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED, needs_shared
+from conftest import ROOT, SHARED, needs_shared
+from omegaconf import OmegaConf, open_dict
 from ot_gen.data import ImageDataModule
 from ot_gen.evaluation.memorization import Reference, data_copying_ct, pixel_scores, two_nearest
+from ot_gen.run.train import run
 
 
 def test_two_nearest_is_the_brute_force_answer_across_chunks():
@@ -60,3 +63,19 @@ def test_data_copying_ct_is_nan_without_a_cell_big_enough():
     g = torch.Generator().manual_seed(1)
     train, held, gen = (torch.randn(n, 3, generator=g) for n in (200, 10, 10))
     assert math.isnan(data_copying_ct(train, held, gen, cells=4, min_per_cell=20))
+
+
+@needs_shared
+def test_early_stopping_on_the_copying_figure_stops_the_run_at_that_validation(config, tmp_path):
+    """Lightning's EarlyStopping on val/near_copies in the `callbacks.early_stopping` slot: the
+    run stops at the first validation whose near-copy share passes the threshold (here any)."""
+    stop = {"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/near_copies", "mode": "min",
+            "divergence_threshold": -1.0, "patience": 1_000_000, "check_on_train_epoch_end": False}
+    cfg = config("experiment=emgn_mnist", "debug=smoke", f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/c",
+                 "data.download=false", "trainer.max_steps=60", "eval.n_generated=0", fast=False)
+    with open_dict(cfg):
+        cfg.callbacks.early_stopping = OmegaConf.create(stop)
+    run(cfg)
+    metrics = json.loads((ROOT / cfg.paths.output_dir / "metrics.json").read_text())
+    assert metrics["rounds"] == cfg.mode.val_every_rounds  # stopped at the first validation, not at max_steps
+    assert metrics["steps"] < 60 and "val/near_copies" in metrics
