@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,19 @@ class CheckpointError(OTGenError):
 
 
 def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """torch.load with an error that names the file when it is truncated or corrupt."""
+    """torch.load of data only (`weights_only=True`: tensors, numbers, strings, containers):
+    a checkpoint is shared between people, and a pickle that would run code or build any
+    other object is refused before it runs, with one line naming the file, as is a
+    truncated or corrupt file."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as e:  # weights_only refused what the pickle asks for
+        what = str(e).split("Unsupported global:", 1)[-1].strip().splitlines()[0] if "Unsupported global" in str(e) \
+            else "objects other than data"
+        raise CheckpointError(f"checkpoint {path} holds code or objects other than data ({what}); "
+                              "it was not loaded: ot_gen checkpoints hold data only") from None
     except Exception as e:  # torch raises many kinds for a damaged zip/pickle
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
 

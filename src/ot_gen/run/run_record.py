@@ -99,10 +99,32 @@ def _current_targets(node: Any) -> Any:
     return node
 
 
+# What a `_target_` read back from a checkpoint may name: the project's own parts and the
+# library classes its conf/ builds. `python -m ot_gen.sample` builds the module from a run
+# record, so any other callable (shutil.copyfile, ...) is refused before anything is built.
+ALLOWED_TARGETS = ("ot_gen.", "torch.optim.", "lightning.pytorch.Trainer", "lightning.pytorch.callbacks.",
+                   "lightning.pytorch.loggers.", "datetime.timedelta")
+
+
+def _targets(node: Any, key: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        found = [(f"{key}{k}", v) for k, v in node.items() if k == "_target_"]
+        return found + [t for k, v in node.items() if k != "_target_" for t in _targets(v, f"{key}{k}.")]
+    if isinstance(node, list):
+        return [t for i, v in enumerate(node) for t in _targets(v, f"{key}{i}.")]
+    return []
+
+
 def read(checkpoint: dict[str, Any], path: str | Path) -> Record:
     """The record of a loaded checkpoint, its `_target_`s as the package names them now;
-    an error naming the file when it has none."""
+    an error naming the file when it has none, or naming the key of a `_target_` outside
+    `ALLOWED_TARGETS`."""
     record = checkpoint.get(KEY)
     if not isinstance(record, dict) or "config" not in record or "data" not in record:
         raise CheckpointError(f"checkpoint {path} was not written by ot_gen training (no run record)")
-    return Record(_current_targets(record["config"]), DataInfo.from_dict(record["data"]), record.get("wandb_run_id"))
+    config = _current_targets(record["config"])
+    for key, target in _targets(config):
+        if not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
+            raise CheckpointError(f"checkpoint {path}: its run record's {key}={target!r} is not one of ot_gen's "
+                                  f"parts or the libraries it builds ({', '.join(ALLOWED_TARGETS)}); nothing was built")
+    return Record(config, DataInfo.from_dict(record["data"]), record.get("wandb_run_id"))
