@@ -51,7 +51,7 @@ def test_notebook_runs_on_a_tiny_2d_run(config):
 def test_notebook_runs_on_a_tiny_image_run_with_traversals_and_closest_images(config):
     from ot_gen.run.train import run
 
-    cfg = config("experiment=otgan_fashion", "debug=smoke", f"paths.data_dir={SHARED}", "data.n_train=300",
+    cfg = config("experiment=otgan_fashion_copies", "debug=smoke", f"paths.data_dir={SHARED}", "data.n_train=300",
                  "callbacks.frechet_classifier.steps=20", "callbacks.frechet_classifier.n_samples=100",
                  "eval.n_generated=500", "eval.n_heldout=100", "trainer.max_steps=4")
     run(cfg)
