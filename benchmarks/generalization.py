@@ -50,12 +50,12 @@ def meets(v: dict[str, float], frechet: float, recall: float) -> tuple[bool, boo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (split at the last =, so a label may be an override)")
     parser.add_argument("--blurred-frechet", type=float, default=10.49)
     parser.add_argument("--blurred-recall", type=float, default=0.785)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    runs = {label: trajectory(Path(path)) for label, path in (r.split("=", 1) for r in args.runs)}
+    runs = {label: trajectory(Path(path)) for label, path in (r.rsplit("=", 1) for r in args.runs)}
     print("| run | round | Fréchet | recall | train distance ratio | near copies | C_T | sharp | novel |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, rows in runs.items():
