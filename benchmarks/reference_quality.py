@@ -39,7 +39,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ot_gen.run.config_checks import instantiate_group  # noqa: E402
 from ot_gen.evaluation.frechet import ClassifierFrechet, image_scores, train_classifier  # noqa: E402
-from ot_gen.evaluation.memorization import Reference, data_copying_ct, pixel_scores  # noqa: E402
+from ot_gen.evaluation.memorization import CopyingTest, Reference, pixel_scores  # noqa: E402
+
+
+# (column title, key of a row's scores, number format) of the two tables
+QUALITY_COLUMNS = [("Fréchet (classifier)", "frechet", ".3f"), ("precision", "precision", ".3f"),
+                   ("recall", "recall", ".3f")]
+MEMORIZATION_COLUMNS = [("train distance ratio", "train_distance_ratio", ".3f"), ("near copies", "near_copies", ".3f"),
+                        ("C_T (data copying)", "data_copying_ct", ".2f")]
 
 
 def blur(images: torch.Tensor) -> torch.Tensor:
@@ -71,11 +78,11 @@ def memorization_rows(experiment: str, data_dir: Path, cache_dir: Path,
     copies = train[: len(unseen)]
     ref = Reference.of(data.to_unit(reference), data.to_unit(train))
     features = lambda x: model.features(x).detach()  # noqa: E731
+    copying = CopyingTest.of(features(train), features(reference), mem.cells)
     rows = {}
     for name, images in (("held-out (unseen)", unseen), ("copies", copies), ("blurred copies", blur(copies))):
         rows[name] = {**pixel_scores(data.to_unit(images).clamp(0, 1), data.to_unit(train), ref),
-                      "data_copying_ct": data_copying_ct(features(train), features(reference), features(images),
-                                                         mem.cells, mem.min_per_cell // 2)}
+                      "data_copying_ct": copying.score(features(images), mem.min_per_cell // 2)}
     return rows
 
 
@@ -99,24 +106,14 @@ def main() -> None:
     parser.add_argument("--memorization", action="store_true",
                         help="the memorization figures (copies or new images?) instead of the quality figures")
     args = parser.parse_args()
-    if args.memorization:
-        print("| experiment | stand-in | train distance ratio | near copies | C_T (data copying) |")
-        print("| --- | --- | --- | --- | --- |")
-        for experiment in args.experiments:
-            label = " ".join([experiment, *args.override])
-            for name, s in memorization_rows(experiment, args.data_dir.resolve(), args.cache_dir,
-                                             tuple(args.override)).items():
-                print(f"| {label} | {name} | {s['train_distance_ratio']:.3f} | {s['near_copies']:.3f} | "
-                      f"{s['data_copying_ct']:.2f} |", flush=True)
-        return
-    print("| experiment | stand-in | Fréchet (classifier) | precision | recall |")
-    print("| --- | --- | --- | --- | --- |")
+    rows_of, columns = (memorization_rows, MEMORIZATION_COLUMNS) if args.memorization else (reference_rows, QUALITY_COLUMNS)
+    print("| experiment | stand-in | " + " | ".join(title for title, _, _ in columns) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for experiment in args.experiments:
         label = " ".join([experiment, *args.override])
-        for name, scores in reference_rows(experiment, args.data_dir.resolve(), args.cache_dir,
-                                           tuple(args.override)).items():
-            print(f"| {label} | {name} | {scores['frechet']:.3f} | {scores['precision']:.3f} | "
-                  f"{scores['recall']:.3f} |", flush=True)
+        for name, scores in rows_of(experiment, args.data_dir.resolve(), args.cache_dir, tuple(args.override)).items():
+            print(f"| {label} | {name} | " + " | ".join(format(scores[key], spec) for _, key, spec in columns) + " |",
+                  flush=True)
 
 
 if __name__ == "__main__":

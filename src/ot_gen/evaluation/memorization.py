@@ -83,31 +83,59 @@ def pixel_scores(generated: torch.Tensor, train: torch.Tensor, reference: Refere
             "near_copies": float((ratio < reference.ratio_threshold).double().mean())}
 
 
+@dataclass(frozen=True)
+class CopyingTest:
+    """Meehan et al.'s test prepared once for a training set and its held-out reference: the
+    k-means partition of the training features and, per cell, the held-out points' distances
+    to the cell's training points. `score(generated)` is C_T; only the generated side is
+    computed again at each validation."""
+
+    centroids: np.ndarray
+    train_cells: list[torch.Tensor]  # the training points of each cell
+    heldout_dist: list[np.ndarray]  # each cell's held-out points' distances to them
+
+    @classmethod
+    def of(cls, train: torch.Tensor, heldout: torch.Tensor, cells: int = 10, seed: int = 0) -> "CopyingTest":
+        check_positive_int("cells", cells, minimum=2)
+        train_f = train.flatten(1).double().cpu().numpy()
+        centroids, train_cell = kmeans2(train_f, cells, minit="++", seed=np.random.default_rng(seed))
+        held_f = heldout.flatten(1).double().cpu().numpy()
+        held_cell = _cell_of(held_f, centroids)
+        train_cells = [torch.from_numpy(train_f[train_cell == c]) for c in range(cells)]
+        heldout_dist = [two_nearest(torch.from_numpy(held_f[held_cell == c]), t)[0].numpy() if len(t) else
+                        np.empty(0) for c, t in enumerate(train_cells)]
+        return cls(centroids, train_cells, heldout_dist)
+
+    def score(self, generated: torch.Tensor, min_per_cell: int = 20) -> float:
+        """C_T of `generated` (see the module docstring). NaN when no cell holds
+        `min_per_cell` generated and held-out points."""
+        gen_f = generated.flatten(1).double().cpu().numpy()
+        gen_cell = _cell_of(gen_f, self.centroids)
+        weights, z_scores = [], []
+        for c, (t, p_dist) in enumerate(zip(self.train_cells, self.heldout_dist)):
+            q = gen_f[gen_cell == c]
+            if len(t) == 0 or len(q) < min_per_cell or len(p_dist) < min_per_cell:
+                continue
+            q_dist = two_nearest(torch.from_numpy(q), t)[0].numpy()
+            u = mannwhitneyu(q_dist, p_dist, alternative="less").statistic  # generated closer: small U
+            m, n = len(q), len(p_dist)
+            z_scores.append((u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12))
+            weights.append(n)
+        if not weights:
+            return float("nan")
+        w = np.asarray(weights, dtype=float)
+        return float((w / w.sum()) @ np.asarray(z_scores))
+
+
+def _cell_of(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+
+
 def data_copying_ct(train: torch.Tensor, heldout: torch.Tensor, generated: torch.Tensor, cells: int = 10,
                     min_per_cell: int = 20, seed: int = 0) -> float:
-    """Meehan et al.'s C_T over a k-means partition of the training features (see the
-    module docstring). NaN when no cell holds `min_per_cell` generated and held-out points."""
-    check_positive_int("cells", cells, minimum=2)
-    train_f, held_f, gen_f = (a.flatten(1).double().cpu().numpy() for a in (train, heldout, generated))
-    centroids, train_cell = kmeans2(train_f, cells, minit="++", seed=np.random.default_rng(seed))
-    cell_of = lambda x: ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)  # noqa: E731
-    held_cell, gen_cell = cell_of(held_f), cell_of(gen_f)
-    weights, z_scores = [], []
-    for c in range(cells):
-        t, p, q = train_f[train_cell == c], held_f[held_cell == c], gen_f[gen_cell == c]
-        if len(t) == 0 or len(q) < min_per_cell or len(p) < min_per_cell:
-            continue
-        t_ = torch.from_numpy(t)
-        p_dist = two_nearest(torch.from_numpy(p), t_)[0].numpy()
-        q_dist = two_nearest(torch.from_numpy(q), t_)[0].numpy()
-        u = mannwhitneyu(q_dist, p_dist, alternative="less").statistic  # generated closer: small U
-        m, n = len(q), len(p)
-        z_scores.append((u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12))
-        weights.append(len(p))
-    if not weights:
-        return float("nan")
-    w = np.asarray(weights, dtype=float)
-    return float((w / w.sum()) @ np.asarray(z_scores))
+    """Meehan et al.'s C_T over a k-means partition of the training features, in one call
+    (`CopyingTest` keeps the partition for repeated scoring)."""
+    return CopyingTest.of(train, heldout, cells, seed).score(generated, min_per_cell)
 
 
 class Memorization(L.Callback):
@@ -126,7 +154,7 @@ class Memorization(L.Callback):
         self.min_per_cell = check_positive_int("min_per_cell", min_per_cell)
         self.seed = int(seed)
         self._reference: Reference | None = None
-        self._features: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._copying: CopyingTest | None = None
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -144,10 +172,10 @@ class Memorization(L.Callback):
         figures = pixel_scores(fake_unit, train, self._reference)
         classifier = next((cb.model for cb in trainer.callbacks if isinstance(cb, ClassifierFrechet)), None)
         if classifier is not None:
-            if self._features is None:  # the classifier is trained once: so are these
-                self._features = (_features(classifier, dm.train_set.to(device)), _features(classifier, heldout))
-            figures["data_copying_ct"] = data_copying_ct(*self._features, _features(classifier, fake),
-                                                         self.cells, self.min_per_cell, self.seed)
+            if self._copying is None:  # the classifier is trained once: so is the partition of its features
+                self._copying = CopyingTest.of(_features(classifier, dm.train_set.to(device)),
+                                               _features(classifier, heldout), self.cells, self.seed)
+            figures["data_copying_ct"] = self._copying.score(_features(classifier, fake), self.min_per_cell)
         pl_module.log_dict({f"val/{k}": v for k, v in figures.items()}, sync_dist=True)
         if trainer.is_global_zero:
             shown = fake_unit[: self.n_show]
