@@ -231,3 +231,22 @@ def test_the_console_shows_what_helps_and_nothing_else(tmp_path):
     assert f"run dir {out}" in console
     assert "training: 100%" in console and "40/40" in console and "matched cost" in console
     assert "wandb sync " + str(out / "wandb") in console
+
+
+@pytest.mark.parametrize("steps, validated", [(20, 2), (25, 3)])
+def test_the_final_state_is_validated_once_and_summarised(config, steps, validated):
+    """A fit whose last validation scored its final step is not validated again (the same
+    weights, the same draws: the same figures at the cost of a validation); a fit that ends
+    between validations gets one more. Either way metrics.json holds that validation's
+    val/* and plots/summary shows the final state, once."""
+    cfg = config(f"trainer.max_steps={steps}", "mode.val_every_rounds=10", "logger=csv", "eval.n_generated=0")
+    run(cfg)
+    out = ROOT / cfg.paths.output_dir
+    rows = (out / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    w2_col = header.index("val/w2")
+    val_rows = [r.split(",") for r in rows[1:] if r.split(",")[w2_col]]
+    assert len(val_rows) == validated  # at steps 10 and 20 (and 25)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val/w2"] == pytest.approx(float(val_rows[-1][w2_col]), rel=1e-6)
+    assert sorted(p.name for p in (out / "plots").glob("summary_step*.png")) == [f"summary_step{steps:07d}.png"]

@@ -256,10 +256,11 @@ def unseen_sample_pictures(loggers, out_dir: Path, heldout: torch.Tensor, detail
 
 
 class SummaryFigure(L.Callback):
-    """`plots/summary`: one figure at the end of a run (the final `trainer.validate` of
-    train.py): val/w2 with its noise floor, val/energy, the matched and identity costs at
-    every validation, and the final samples (scatter, histogram or image grid). The
-    curves themselves are the logger's job; this is the picture to keep."""
+    """`plots/summary`: one figure of the final state of a run (at the end of fit when fit
+    validated that state last, else at train.py's final `trainer.validate`): val/w2 with
+    its noise floor, val/energy, the matched and identity costs at every validation, and
+    the final samples (scatter, histogram or image grid). The curves themselves are the
+    logger's job; this is the picture to keep."""
 
     CURVES = ("val/w2", "val/w2_floor", "val/energy", "train/matched_cost", "train/identity_cost",
               "val/frechet_classifier")
@@ -274,10 +275,15 @@ class SummaryFigure(L.Callback):
         metrics = trainer.callback_metrics
         self.history.append({"step": trainer.global_step,
                              **{k: float(metrics[k]) for k in self.CURVES if k in metrics}})
+        if trainer.state.fn == "validate" and trainer.is_global_zero:
+            self._draw(trainer, pl_module)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.state.fn != "validate" or not trainer.is_global_zero or not self.history:
-            return
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        # After on_train_end: the generator holds what validations score (the EMA's average).
+        if self.history and self.history[-1]["step"] == trainer.global_step and trainer.is_global_zero:
+            self._draw(trainer, pl_module)
+
+    def _draw(self, trainer: L.Trainer, pl_module) -> None:
         dm = trainer.datamodule
         fig = Figure(figsize=(16, 4))
         ax = fig.add_subplot(1, 4, 1)

@@ -44,23 +44,30 @@ class GeneratorEMA(WeightAveraging):
     def __init__(self, decay: float = 0.999, start_step: int = 0):
         check(isinstance(decay, float) and 0.0 < decay < 1.0, "decay", decay, "a number in (0, 1)")
         check(isinstance(start_step, int) and start_step >= 0, "start_step", start_step, "an integer >= 0")
-        super().__init__(avg_fn=self._average)
+        super().__init__(multi_avg_fn=self._average_all)
         self.decay, self.start_step = decay, start_step
         self._steps = 1  # optimizer steps since the last update
         self._trained = False  # after training the generator holds the average, the copy the weights
         self._swapped = False  # the average is in the generator for this validation
 
-    def _average(self, average: torch.Tensor, current: torch.Tensor, n_averaged) -> torch.Tensor:
+    def _average_all(self, averages: list[torch.Tensor], currents: list[torch.Tensor], n_averaged) -> None:
+        """average <- keep·average + (1 - keep)·current for every tensor of one device and
+        dtype at once (foreach kernels: one call per step, not one per tensor)."""
         n = int(n_averaged)  # warm-up as TensorFlow's ExponentialMovingAverage(num_updates)
         keep = min(self.decay, (1 + n) / (10 + n)) ** self._steps
-        return keep * average + (1.0 - keep) * current
+        if averages[0].is_floating_point():
+            torch._foreach_mul_(averages, keep)
+            torch._foreach_add_(averages, torch._foreach_mul(currents, 1.0 - keep))
+        else:  # integer buffers (batch norm's num_batches_tracked): rounded down, as copy_ does
+            for average, current in zip(averages, currents):
+                average.copy_(keep * average + (1.0 - keep) * current)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._average_model = AveragedModel(pl_module.generator, use_buffers=True, avg_fn=self._average)
+            self._average_model = AveragedModel(pl_module.generator, use_buffers=True, multi_avg_fn=self._average_all)
             self._trained = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

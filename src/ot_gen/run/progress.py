@@ -63,14 +63,18 @@ class StepProgressBar(ProgressBar):
 
 class ValidationClock(L.Callback):
     """Seconds spent in validations (metrics, pictures, checkpoints) during `fit`, so
-    metrics.json can tell training time from validation time."""
+    metrics.json can tell training time from validation time, and the step of fit's last
+    validation (`last_step`, None before the first), so that the state it scored is not
+    validated again."""
 
     def __init__(self):
         self.seconds, self._start = 0.0, 0.0
+        self.last_step: int | None = None
 
     def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.state.fn == "fit":
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.seconds += time.perf_counter() - self._start
+            self.last_step = trainer.global_step

@@ -37,12 +37,15 @@ def run(cfg: DictConfig) -> float:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else resume.path)
         fit_s = time.perf_counter() - fit_start
-        val_s = next(cb.seconds for cb in trainer.callbacks if isinstance(cb, ValidationClock))
+        clock = next(cb for cb in trainer.callbacks if isinstance(cb, ValidationClock))
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         with stops_on_sigterm(trainer, "the final evaluation", "checkpoints/last.ckpt holds the final state; "
                               "metrics.json is not written: run again with ckpt_path=<that file> to evaluate it"):
             checkpoints.save_last(trainer)  # ModelCheckpoint saves at validations: make last.ckpt the final state
-            val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+            if clock.last_step == trainer.global_step:  # fit validated this very state last
+                val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            else:
+                val_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
             unseen = final_metrics(cfg.eval, module, data, trainer)
         metrics = {
             **train_metrics,
@@ -51,8 +54,8 @@ def run(cfg: DictConfig) -> float:
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
             "s_per_round": fit_s / max(int(module.rounds), 1),
-            "val_s": val_s,  # of fit_s, in validations
-            "train_s_per_step": (fit_s - val_s) / max(trainer.global_step, 1),
+            "val_s": clock.seconds,  # of fit_s, in validations
+            "train_s_per_step": (fit_s - clock.seconds) / max(trainer.global_step, 1),
             "wall_s": time.perf_counter() - start,
         }
         if trainer.is_global_zero:
