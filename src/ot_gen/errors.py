@@ -37,6 +37,10 @@ class SolverError(OTGenError, RuntimeError):
     """An OT solve that did not reach a valid optimal plan."""
 
 
+class Interrupted(OTGenError):
+    """A sweep's job stopped by SIGTERM (its state saved): the sweep stops after it."""
+
+
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise `ConfigError(key, value, allowed)` unless `ok`."""
     if not ok:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 import csv
+import os
+import signal
 import subprocess
 import sys
+import time
+
+import pytest
 
 from conftest import FAST, HAS_SHARED, ROOT, SHARED, python_env
 
@@ -30,18 +33,21 @@ def test_multirun_over_matchers_writes_a_summary_table(tmp_path):
     assert md[0].startswith("| job | matcher | status | val/w2") and len(md) == 5
 
 
-@pytest.mark.e2e
-def test_a_failed_job_is_a_row_not_a_crash(tmp_path):
+def test_a_failed_or_interrupted_job_is_a_row_not_a_crash(tmp_path):
     from ot_gen.launch.sweep_summary import collect
 
-    for i, metrics in enumerate(['{"val/w2": 0.5}', None]):
+    for i, (metrics, note) in enumerate([('{"val/w2": 0.5}', None), (None, "failed.txt"), (None, "interrupted.txt")]):
         job = tmp_path / str(i) / ".hydra"
         job.mkdir(parents=True)
         (job / "overrides.yaml").write_text(f"- seed={i}\n")
         if metrics:
             (tmp_path / str(i) / "metrics.json").write_text(metrics)
+        if note:
+            (tmp_path / str(i) / note).write_text(f"the reason of {note}\n")
     rows = collect(tmp_path)
-    assert [(r["seed"], r["status"], r["val/w2"]) for r in rows] == [("0", "ok", 0.5), ("1", "failed", "")]
+    assert [(r["seed"], r["status"], r["val/w2"], r["error"]) for r in rows] == [
+        ("0", "ok", 0.5, ""), ("1", "failed", "", "the reason of failed.txt"),
+        ("2", "interrupted", "", "the reason of interrupted.txt")]
 
 
 TINY = [*FAST, "trainer.max_steps=20", "mode.val_every_rounds=10", "eval.n_generated=500", "callbacks=none"]
@@ -78,6 +84,48 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
     assert [r["seed"] for r in rows] == ["0", "1"] and all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sizes, code, said", [("0,256", 0, "1 of 2 jobs failed"), ("0,-1", 1, "2 of 2 jobs failed")])
+def test_a_sweep_says_how_many_jobs_failed_and_fails_when_all_did(tmp_path, sizes, code, said):
+    proc = sweep(tmp_path, "-m", f"mode.batch_size={sizes}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out[-3000:]
+    assert said in out and "Traceback" not in out
+    assert ("no job of the sweep succeeded" in out) == (code == 1)
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert [r["status"] for r in rows] == (["failed", "ok"] if code == 0 else ["failed", "failed"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_sigterm_stops_a_sweep_with_its_summary_and_says_which_jobs_never_ran(tmp_path):
+    """Pre-empted in job 0 of two: job 0 saves and is an `interrupted` row of the summary,
+    job 1 never starts, and the exit status is 143 (SIGTERM), not 0."""
+    sweep_dir = tmp_path / "sweep"
+    with_checkpoints = [o for o in TINY if o != "callbacks=none"]
+    cmd = [sys.executable, "train.py", "-m", "seed=0,1", *with_checkpoints, "trainer.max_steps=2000",
+           "mode.val_every_rounds=10", "callbacks.point_cloud_plots.n_points=100", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        ckpt, deadline = sweep_dir / "0" / "checkpoints" / "last.ckpt", time.time() + 240
+        while not ckpt.exists():
+            assert proc.poll() is None and time.time() < deadline, "job 0 wrote no checkpoint"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 143, out[-3000:]
+    assert "sweep stopped by SIGTERM in job 0" in out and "never ran" in out
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
+    assert f"resume with ckpt_path={ckpt}" in rows[0]["error"]
+    assert not (sweep_dir / "1").exists()
 
 
 def test_slurm_launcher_config_composes():

@@ -138,3 +138,41 @@ def test_nan_mid_run_stops_with_the_step_and_keeps_the_last_good_checkpoint(conf
     assert saved["global_step"] == 10
     bad = [k for k, t in saved["state_dict"].items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
     assert not bad, bad
+
+
+def test_sigterm_in_a_validation_stops_it_at_once_and_saves_the_training_weights(config):
+    """One process: a SIGTERM inside a validation (an image run's can take minutes) stops
+    it there rather than after it. The EMA's average is swapped in at that moment; the
+    saved checkpoint still holds the training weights for a resume and the average as
+    its state_dict."""
+    import lightning as L
+
+    from ot_gen.model.ema import GeneratorEMA
+    from ot_gen.run.build import build
+
+    class SigtermInSecondValidation(L.Callback):
+        def __init__(self):
+            self.finished_validations = 0
+
+        def on_validation_epoch_start(self, trainer, pl_module):
+            if trainer.global_step == 20:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.finished_validations += 1
+
+    cfg = config("trainer.max_steps=40", "mode.val_every_rounds=10", "eval.n_generated=0")
+    run = build(cfg)
+    probe = SigtermInSecondValidation()
+    run.trainer.callbacks.append(probe)  # after the EMA: the average is in when the signal comes
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+        run.trainer.fit(run.module, datamodule=run.data)
+    assert probe.finished_validations == 1  # the first one; the second stopped at the signal
+    ema = next(cb for cb in run.trainer.callbacks if isinstance(cb, GeneratorEMA))
+    ckpt = load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 20
+    for name, weights in ema._average_model.module.state_dict().items():  # the training weights, swapped out
+        assert torch.equal(ckpt["current_model_state"][f"generator.{name}"], weights), name
+    for name, average in run.module.generator.state_dict().items():
+        assert torch.equal(ckpt["state_dict"][f"generator.{name}"], average), name

@@ -63,6 +63,24 @@ def test_a_folder_holding_a_run_is_refused_untouched_unless_resumed_or_overwritt
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "notes.txt"], "the old run's files are gone"
 
 
+def test_overwriting_a_sweep_dir_removes_its_jobs_runs_too(tmp_path):
+    """overwrite=true on a sweep dir: its tables and every job folder's run files go (a new
+    sweep's summary would otherwise report the old jobs' metrics); a user's file stays."""
+    from ot_gen.launch.run_dirs import claim
+
+    sweep = tmp_path / "sweep"
+    for name, text in {"multirun.yaml": "", "summary.csv": "job\n0\n", "summary.md": "", "train.log": "",
+                       "0/.hydra/overrides.yaml": "[]", "0/metrics.json": "{}", "0/train.log": "",
+                       "1/.hydra/overrides.yaml": "[]", "1/failed.txt": "ConfigError\n",
+                       "2/metrics.json": "{}", "2/notes.txt": "the user's own file"}.items():
+        (sweep / name).parent.mkdir(parents=True, exist_ok=True)
+        (sweep / name).write_text(text)
+    cfg = _hydra_config(tmp_path / "unused", "overwrite=true", "hydra.job.name=train", f"hydra.sweep.dir={sweep}")
+    assert claim(cfg, "hydra.sweep.dir", "multirun.yaml", exclusive_dir=False) == sweep
+    left = sorted(str(p.relative_to(sweep)) for p in sweep.rglob("*") if p.is_file())
+    assert left == ["2/notes.txt", "multirun.yaml"]
+
+
 def _hydra_config(run_dir: Path, *overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), version_base="1.3"):

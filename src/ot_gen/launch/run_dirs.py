@@ -28,7 +28,8 @@ from ot_gen.run.checkpoints import resolve_ckpt_path
 from ot_gen.errors import ConfigError
 
 RUN_FILES = ("metrics.json", "metrics.json.tmp", "checkpoints", "plots", "wandb", "tensorboard", "csv", ".hydra",
-             "failed.txt")
+             "failed.txt", "interrupted.txt")
+SWEEP_FILES = ("multirun.yaml", "summary.csv", "summary.md", "optimization_results.yaml")
 
 
 def holds_run(folder: Path) -> list[str]:
@@ -91,9 +92,7 @@ def claim(config: DictConfig, key: str, marker: str, exclusive_dir: bool) -> Pat
         held = holds_run(folder) if exclusive_dir else [m for m in (marker,) if (folder / m).exists()]
         if held and (overwrite or (exclusive_dir and _resumes_from(config, folder))):
             if overwrite:
-                for name in (*RUN_FILES, f"{config.hydra.job.name}.log"):
-                    target = folder / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+                _remove_run(folder, config.hydra.job.name, sweep=not exclusive_dir)
             _claim(folder, marker, exclusive_dir)
             return folder
         if not held and _claim(folder, marker, exclusive_dir):
@@ -103,6 +102,21 @@ def claim(config: DictConfig, key: str, marker: str, exclusive_dir: bool) -> Pat
                   "ckpt_path=<its checkpoints/last.ckpt>, pass overwrite=true to replace it, or choose another folder")
         folder = base.with_name(f"{base.name}_{attempt}")
     raise RuntimeError(f"no free folder next to {base}")
+
+
+def _remove_run(folder: Path, job_name: str, sweep: bool) -> None:
+    """overwrite=true: the files a run (a sweep: its tables and every job folder's run
+    files) wrote in `folder`; nothing else, so a job folder that holds a user's own file
+    stays with that file."""
+    names = (*SWEEP_FILES, f"{job_name}.log") if sweep else (*RUN_FILES, f"{job_name}.log")
+    for name in names:
+        target = folder / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    if sweep:
+        for job in (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
+            _remove_run(job, job_name, sweep=False)
+            if not any(job.iterdir()):
+                job.rmdir()
 
 
 def _secondary_rank() -> bool:

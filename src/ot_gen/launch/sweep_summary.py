@@ -1,16 +1,24 @@
 """A Hydra callback that tabulates a multirun: one row per job, its overrides and final
-metrics, written as `summary.csv` and `summary.md` in the sweep directory."""
+metrics, written as `summary.csv` and `summary.md` in the sweep directory, and says how
+the sweep went: "N of M jobs failed" (exit status 1 when every job failed), or, when a
+SIGTERM stopped it, which job it stopped and that the jobs after it never ran (exit
+status 143, the shell's code for SIGTERM)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from ot_gen.errors import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +28,8 @@ COLUMNS = ("val/w2", "val/w2_ratio", "val/energy", "s_per_round", "train/solve_s
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory: its number, one column per override that differs
     between jobs (the sweep's choices), and its metrics. A job that failed before writing
-    metrics.json gets status `failed`, empty metrics and its one-line reason (`error`)."""
+    metrics.json gets status `failed` (`interrupted` when a SIGTERM stopped it), empty
+    metrics and its one-line reason (`error`)."""
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     choices = [_overrides(job) for job in jobs]
     keys = list(dict.fromkeys(k for c in choices for k in c))
@@ -30,10 +39,11 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         row = {"job": int(job.name), **{k: chosen.get(k, "") for k in varying}}
-        row["status"] = "ok" if metrics else "failed"
+        interrupted, failed = job / "interrupted.txt", job / "failed.txt"
+        row["status"] = "ok" if metrics else "interrupted" if interrupted.exists() else "failed"
         row.update({c: metrics.get(c, "") for c in COLUMNS})
-        failed = job / "failed.txt"
-        row["error"] = failed.read_text().strip() if failed.exists() and not metrics else ""
+        reason = interrupted if interrupted.exists() else failed
+        row["error"] = reason.read_text().strip() if reason.exists() and not metrics else ""
         rows.append(row)
     return rows
 
@@ -65,4 +75,25 @@ class SweepSummary(Callback):
             return
         rows = collect(sweep_dir)
         write(rows, sweep_dir)
+        failed = sum(r["status"] != "ok" for r in rows)
         log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "summary.md")
+        if failed:
+            (log.error if failed == len(rows) else log.warning)(
+                "%d of %d jobs failed (the reason of each: the error column of %s)", failed, len(rows),
+                sweep_dir / "summary.md")
+        if rows and failed == len(rows):
+            log.error("no job of the sweep succeeded: a sweeper's 'best' above is not a result")
+            sys.exit(1)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A job stopped by SIGTERM stops the sweep: its summary so far, then exit 143."""
+        if config.hydra.mode != RunMode.MULTIRUN or not isinstance(job_return._return_value, Interrupted):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir)
+        write(rows, sweep_dir)
+        done = sum(r["status"] == "ok" for r in rows)
+        log.error("sweep stopped by SIGTERM in job %s (%s); %d job(s) finished before it, the jobs after it "
+                  "never ran; summary of the jobs started: %s", config.hydra.job.num, job_return._return_value,
+                  done, sweep_dir / "summary.md")
+        sys.exit(143)

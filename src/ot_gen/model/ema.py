@@ -106,7 +106,7 @@ class GeneratorEMA(WeightAveraging):
         held = self._average_model.state_dict()
         other = {PREFIX + name[len(AVERAGED):]: value for name, value in held.items() if name.startswith(AVERAGED)}
         state = checkpoint["state_dict"]
-        if self._trained:  # the module holds the average already; the copy holds the weights
+        if self._trained or self._swapped:  # the module holds the average; the copy holds the weights
             checkpoint["current_model_state"] = {**state, **other}
         else:
             checkpoint["current_model_state"] = state

@@ -1,5 +1,6 @@
 """SIGTERM (a cluster pre-empting the job) stops a run within seconds, in one process or
-under DDP, in training or in the final evaluation, keeping what is saved.
+under DDP, in training, in a validation (one process: at once; under DDP at the end of
+it) or in the final evaluation, keeping what is saved.
 
 In training, `SaveOnInterrupt` (checkpoints.py) saves `last.ckpt` once Lightning raises
 its `SIGTERMException`; this module makes every rank raise it at the same point of the
@@ -49,6 +50,11 @@ class NotingSignalConnector(_SignalConnector):
         self.noted = True
         if self.trainer.world_size == 1:
             self.received_sigterm = True  # one process: Lightning stops after this batch
+            if self.trainer.validating:
+                # A validation can take minutes (an image run's classifier, its k-means):
+                # Lightning would finish it first. One process can stop here; the EMA's
+                # checkpoint hook knows the average is swapped in and saves both.
+                raise SIGTERMException()
 
 
 class Preemption(L.Callback):

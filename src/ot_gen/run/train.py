@@ -16,9 +16,10 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from ot_gen.errors import ConfigError, OTGenError
+from ot_gen.errors import ConfigError, Interrupted, OTGenError
 from ot_gen.evaluation.final import final_metrics
 from ot_gen.run import checkpoints
 from ot_gen.run.build import build
@@ -109,6 +110,15 @@ def task(cfg: DictConfig) -> float:
     sweeping = bool(hydra_cfg) and hydra_cfg.mode == RunMode.MULTIRUN
     try:
         return run(cfg)
+    except SIGTERMException:
+        if not sweeping:
+            raise  # saved and said so (checkpoints.SaveOnInterrupt, preemption.stops_on_sigterm)
+        # In a sweep: an `interrupted` row, and the sweep stops here (launch.sweep_summary).
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        reason = f"stopped by SIGTERM; resume with ckpt_path={last}" if last.exists() \
+            else "stopped by SIGTERM before any checkpoint"
+        _record(Path(cfg.paths.output_dir), "interrupted.txt", reason)
+        raise Interrupted(reason) from None
     except Exception as e:
         full = os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(hydra_cfg and hydra_cfg.verbose)
         mistake = isinstance(e, OTGenError)  # a user mistake or a numerical fault: one line
@@ -121,13 +131,14 @@ def task(cfg: DictConfig) -> float:
         # of the summary with its reason (a crash's traceback in the job's log); the other
         # jobs run, and the sweeper sees inf.
         (log.error if mistake and not full else log.exception)("%s: %s", type(e).__name__, e)
-        _record_failure(Path(cfg.paths.output_dir), f"{type(e).__name__}: {e}")
+        _record(Path(cfg.paths.output_dir), "failed.txt", f"{type(e).__name__}: {e}")
         return float("inf")
 
 
-def _record_failure(out_dir: Path, reason: str) -> None:
+def _record(out_dir: Path, name: str, reason: str) -> None:
+    """The first line of `reason` as `out_dir/name`: a sweep summary's `error` column."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "failed.txt").write_text(reason.splitlines()[0] + "\n")
+        (out_dir / name).write_text(reason.splitlines()[0] + "\n")
     except OSError:
-        log.warning("could not write %s", out_dir / "failed.txt")
+        log.warning("could not write %s", out_dir / name)
