@@ -17,7 +17,7 @@ LAYERS = {
     "model": 3,             # module, modes, priors, networks, EMA
     "evaluation": 2,        # metrics, Fréchet, pictures, end-of-run evaluation
     "matching": 1, "data": 1,
-    "errors": 0, "rng": 0, "__init__": 0,
+    "errors": 0, "rng": 0, "memory": 0, "__init__": 0,
 }
 
 

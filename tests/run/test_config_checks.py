@@ -127,6 +127,16 @@ def test_the_default_config_is_the_documented_one(config):
         ("optimizer.lr=abc", "optimizer.lr='abc' is not allowed: a number"),
         ("scheduler.eta_min=nan", "scheduler.eta_min=nan is not allowed: a finite number"),
         ("overwrite=maybe", "overwrite='maybe' is not allowed: true or false"),
+        ("scheduler.eta_min=0.01", "scheduler.eta_min=0.01 is not allowed: at most optimizer.lr=0.001"),
+        ("trainer.max_steps=999999999999999999999",
+         "trainer.max_steps=999999999999999999999 is not allowed: at most 1,000,000,000"),
+        ("prior=gmm prior.n_components=1000000000000",
+         "prior.n_components=1000000000000 is not allowed: 1000000000000 centres in 2 dimensions needs about 7,450.6 GiB"),
+        ("mode=oversampled mode.k=100000000", "mode.k=100000000 is not allowed: a round of 50,000,000,000 generated "
+         "points matched to 500 reals needs about"),
+        ("mode.ratio=100000", "mode.ratio=100000 is not allowed: a round of 25,600,000 generated points matched to "
+         "256 reals needs about"),
+        ("data=image_folder", "data.root='???' is not allowed: a value; this config needs data.root=..."),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(config, override, message):
@@ -134,6 +144,22 @@ def test_bad_values_name_key_value_and_what_is_allowed(config, override, message
     with pytest.raises(ConfigError) as err:
         build(cfg)
     assert message in str(err.value)
+
+
+def test_an_empty_run_dir_is_refused_not_the_current_directory(tmp_path, capsys, monkeypatch):
+    """hydra.run.dir='' would put the run's files into the directory it is started from."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from ot_gen.launch.run_dirs import claim
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra.run.dir="], return_hydra_config=True)
+    with pytest.raises(SystemExit) as exit_:
+        claim(cfg, "hydra.run.dir", ".hydra", exclusive_dir=True)
+    assert exit_.value.code == 2 and not any(tmp_path.iterdir())
+    assert "hydra.run.dir='' is not allowed: a folder (empty would put" in capsys.readouterr().err
 
 
 def test_an_image_folder_without_images_is_an_error_naming_it(config, tmp_path):

@@ -81,6 +81,26 @@ def test_overwriting_a_sweep_dir_removes_its_jobs_runs_too(tmp_path):
     assert left == ["2/notes.txt", "multirun.yaml"]
 
 
+def test_a_run_that_failed_before_saving_anything_is_no_run_to_protect(tmp_path):
+    """Re-running a fixed hydra.run.dir after a config typo: the failed attempt left its
+    .hydra/ and failed.txt and nothing else, and is replaced; a folder with a .hydra/ and
+    no failed.txt may be a run in its first minutes, and stays refused."""
+    from ot_gen.launch.run_dirs import claim
+
+    failed, running = tmp_path / "failed", tmp_path / "running"
+    for folder in (failed, running):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (failed / "failed.txt").write_text("ConfigError: mode.k=0 is not allowed\n")
+    (failed / "train.log").write_text("...")
+    cfg = _hydra_config(failed, "hydra.job.name=train", f"hydra.run.dir={failed}")
+    assert claim(cfg, "hydra.run.dir", ".hydra", exclusive_dir=True) == failed
+    assert [p.name for p in failed.rglob("*")] == [".hydra"], "the failed attempt's files are gone"
+    with pytest.raises(SystemExit):
+        claim(_hydra_config(running, f"hydra.run.dir={running}"), "hydra.run.dir", ".hydra", exclusive_dir=True)
+    assert (running / ".hydra" / "config.yaml").exists()
+
+
 def _hydra_config(run_dir: Path, *overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -3,7 +3,9 @@ Hydra writes anything into it.
 
 - A folder that already holds a run (its `.hydra/`, `metrics.json` or checkpoints) is
   refused unless the run resumes a checkpoint inside it (`ckpt_path=`) or the user says
-  `overwrite=true` (then that run's files are removed first, nothing else).
+  `overwrite=true` (then that run's files are removed first, nothing else). A run that
+  failed before saving anything (its `failed.txt`, no checkpoint, no metrics: a config
+  typo) is no run to protect: its files are replaced.
 - The claim is atomic (an exclusive `mkdir` of `.hydra/`, an exclusive create of
   `multirun.yaml`): two runs started in the same second, in two terminals, never share
   the default folder; the second gets `<name>_2` (`_3`, ...). A folder the user named
@@ -83,6 +85,8 @@ def _claim(folder: Path, marker: str, exclusive_dir: bool) -> bool:
 def claim(config: DictConfig, key: str, marker: str, exclusive_dir: bool) -> Path:
     """Claim the folder at `config.<key>` for this run (see the module docstring); returns
     the folder claimed, which differs from the configured one after a same-second clash."""
+    if not str(OmegaConf.select(config, key) or "").strip():
+        _fail(key, "", "a folder (empty would put the run's files in the current directory)")
     base = Path(str(OmegaConf.select(config, key)))
     explicit = _user_set(config, key)
     overwrite = bool(config.get("overwrite", False))
@@ -90,6 +94,9 @@ def claim(config: DictConfig, key: str, marker: str, exclusive_dir: bool) -> Pat
     for attempt in range(2, 1000):
         _check_writable(folder, key)
         held = holds_run(folder) if exclusive_dir else [m for m in (marker,) if (folder / m).exists()]
+        if exclusive_dir and held == [".hydra"] and (folder / "failed.txt").exists():
+            _remove_run(folder, config.hydra.job.name, sweep=False)  # failed before saving anything
+            held = []
         if held and (overwrite or (exclusive_dir and _resumes_from(config, folder))):
             if overwrite:
                 _remove_run(folder, config.hydra.job.name, sweep=not exclusive_dir)

@@ -19,6 +19,7 @@ from torch import nn
 from ot_gen.errors import check, check_choice, check_positive_int
 from ot_gen.matching import Matching
 from ot_gen.matching.costs import Cost
+from ot_gen.memory import check_fits
 from ot_gen.model.priors import Prior
 
 
@@ -60,10 +61,22 @@ class Mode:
     def reals_per_round(self) -> int:
         return getattr(self, self.reals_key)
 
-    def check_data(self, n_train: int, data_name: str) -> None:
-        """A round cannot take more reals than the training set holds."""
+    generated_key = "ratio"  # the key that sets the generated points per real of a round
+
+    def generated_per_round(self) -> int:
+        raise NotImplementedError
+
+    def check_data(self, n_train: int, data_name: str, point_size: int) -> None:
+        """A round cannot take more reals than the training set holds, nor more memory than
+        the machine has: its cost matrix (float64, about twice over in the solvers) and its
+        generated points (float32, and float64 for the cost) of `point_size` numbers each."""
         check(self.reals_per_round <= n_train, f"mode.{self.reals_key}", self.reals_per_round,
               f"at most the {n_train} training points of data={data_name}")
+        m, n = self.generated_per_round(), self.reals_per_round
+        key = f"mode.{self.generated_key}"
+        check_fits(key, getattr(self, self.generated_key), 16.0 * m * n + 12.0 * m * point_size,
+                   f"a round of {m:,} generated points matched to {n:,} reals",
+                   f"lower {key} or mode.{self.reals_key}")
 
     def round(self, module: RoundParts, y: torch.Tensor, ids: torch.Tensor, figures_due: bool) -> dict[str, float]:
         """One round on the reals `y` (training-set indices `ids`); returns its figures
@@ -84,6 +97,9 @@ class Minibatch(Mode):
 
     name = "minibatch"
     reals_key = "batch_size"
+
+    def generated_per_round(self) -> int:
+        return self.ratio * self.batch_size
 
     def __post_init__(self):
         check_positive_int("batch_size", self.batch_size)
@@ -122,6 +138,10 @@ class Oversampled(Mode):
 
     name = "oversampled"
     reals_key = "pool_size"
+    generated_key = "k"
+
+    def generated_per_round(self) -> int:
+        return self.k * self.pool_size
     figures_every_round = True  # a round is many optimizer steps: its figures cost little
 
     def __post_init__(self):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ot_gen.errors import check, check_positive, check_positive_int
+from ot_gen.memory import check_fits
 
 
 class Prior(nn.Module):
@@ -54,6 +55,8 @@ class GaussianMixturePrior(Prior):
         super().__init__(dim)
         self.n_components = check_positive_int("n_components", n_components)
         self.sigma = self.noise_std = check_positive("sigma", sigma)
+        check_fits("n_components", n_components, 4.0 * n_components * dim, f"{n_components} centres in {dim} dimensions",
+                   "use fewer components")
         gen = torch.Generator().manual_seed(int(seed))
         self.register_buffer("centres", torch.randn(n_components, dim, generator=gen))
 

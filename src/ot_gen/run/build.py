@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +23,8 @@ from ot_gen.model.modes import Mode
 from ot_gen.model.module import OTGenerator
 from ot_gen.run import checkpoints, run_record
 from ot_gen.run.config_checks import (
-    LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_resume_config, check_top_level, instantiate_group,
+    LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_missing, check_resume_config, check_top_level,
+    instantiate_group,
 )
 from ot_gen.run.preemption import Preemption
 from ot_gen.run.progress import StepProgressBar, ValidationClock
@@ -61,6 +63,7 @@ def resume_of(ckpt_path: str | None, runs_dir: Path) -> Resume | None:
 def build(cfg: DictConfig) -> Run:
     """Every object of a run, each value checked before any long work starts; the global
     random streams seeded from `seed` before any object draws from them."""
+    check_missing(cfg)
     check_top_level(cfg)
     check_all_types(cfg)
     check_finite_numbers(OmegaConf.to_container(cfg, resolve=True), only=LIBRARY_GROUPS)
@@ -72,7 +75,11 @@ def build(cfg: DictConfig) -> Run:
     mode = instantiate_group("mode", cfg.mode)
     data = instantiate_group("data", cfg.data, batch_size=mode.reals_per_round)
     data.setup("fit")  # the data's shape and size decide the network's and the matcher's
-    mode.check_data(len(data.train_set), cfg.data.get("name", cfg.data.get("source")))
+    data_name = cfg.data.get("name", cfg.data.get("source"))
+    mode.check_data(len(data.train_set), data_name, data.train_set[0].numel())
+    if cfg.eval.n_generated and cfg.eval.n_heldout > len(data.val_set):
+        log.warning("eval.n_heldout=%d is more than the %d held-out points of data=%s: the final evaluation "
+                    "uses those %d", cfg.eval.n_heldout, len(data.val_set), data_name, len(data.val_set))
     config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, mode, run_record.DataInfo.of(data))
     check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
@@ -106,6 +113,10 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGe
     except (ValueError, TypeError) as e:
         raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
     scheduler = instantiate_group("scheduler", cfg.scheduler) if cfg.get("scheduler") else None
+    eta_min, lr = cfg.get("scheduler", {}).get("eta_min"), cfg.optimizer.get("lr")
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (eta_min, lr)):
+        check(eta_min <= lr, "scheduler.eta_min", eta_min,
+              f"at most optimizer.lr={lr} (the cosine decays from the rate to eta_min; above it, it climbs)")
     return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
 
 

@@ -174,8 +174,22 @@ def check_finite_numbers(config: dict[str, Any], only: tuple[str, ...] = ()) -> 
             raise ConfigError(key, value, "a finite number")
 
 
+MAX_STEPS = 10**9  # days of training at a million steps an hour; more is a typo
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """A mandatory value left as `???` (data=image_folder without data.root), named."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "???", f"a value; this config needs {missing[0]}=... on the command line")
+
+
 def check_top_level(cfg: DictConfig) -> None:
-    """The keys of conf/train.yaml itself (no config group checks them)."""
+    """The keys of conf/train.yaml itself (no config group checks them), and the run's length."""
+    steps = cfg.trainer.get("max_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        check(steps <= MAX_STEPS, "trainer.max_steps", steps, f"at most {MAX_STEPS:,} (a longer run resumes "
+              "from its checkpoint with a larger max_steps)")
     check(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and 0 <= cfg.seed < 2**32, "seed", cfg.seed,
           "an integer in [0, 2**32)")
     check(cfg.optimized_metric in VAL_METRICS, "optimized_metric", cfg.optimized_metric,

@@ -122,6 +122,7 @@ def task(cfg: DictConfig) -> float:
     except Exception as e:
         full = os.environ.get("HYDRA_FULL_ERROR") == "1" or bool(hydra_cfg and hydra_cfg.verbose)
         mistake = isinstance(e, OTGenError)  # a user mistake or a numerical fault: one line
+        _record(Path(cfg.paths.output_dir), "failed.txt", f"{type(e).__name__}: {e}")
         if not sweeping:
             if full or not mistake:
                 raise  # a bug, or HYDRA_FULL_ERROR=1: the traceback, printed by Hydra
@@ -131,7 +132,6 @@ def task(cfg: DictConfig) -> float:
         # of the summary with its reason (a crash's traceback in the job's log); the other
         # jobs run, and the sweeper sees inf.
         (log.error if mistake and not full else log.exception)("%s: %s", type(e).__name__, e)
-        _record(Path(cfg.paths.output_dir), "failed.txt", f"{type(e).__name__}: {e}")
         return float("inf")
 
 
