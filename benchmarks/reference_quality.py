@@ -18,10 +18,11 @@ The figures are those the training run logs at each validation (val/frechet_clas
 val/precision_classifier, val/recall_classifier), so a run's numbers read against them.
 
 `--memorization` prints the memorization figures a run logs (val/train_distance_ratio,
-val/near_copies, val/data_copying_ct; `ot_gen.evaluation.memorization`) for three
+val/near_copies, val/data_copying_ct; `ot_gen.evaluation.memorization`) for four
 stand-ins, all scored against the first half of the held-out images as the reference:
-the second half of the held-out images (unseen real data: novel), training images (pure
-copies) and the same training images blurred 3×3 (softened copies).
+the second half of the held-out images (unseen real data: novel), the same blurred 3×3
+(novel but soft: what blur alone does to each figure), training images (pure copies) and
+the same training images blurred 3×3 (softened copies).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def memorization_rows(experiment: str, data_dir: Path, cache_dir: Path,
     features = lambda x: model.features(x).detach()  # noqa: E731
     copying = CopyingTest.of(features(train), features(reference), mem.cells)
     rows = {}
-    for name, images in (("held-out (unseen)", unseen), ("copies", copies), ("blurred copies", blur(copies))):
+    for name, images in (("held-out (unseen)", unseen), ("blurred unseen", blur(unseen)), ("copies", copies),
+                         ("blurred copies", blur(copies))):
         rows[name] = {**pixel_scores(data.to_unit(images).clamp(0, 1), data.to_unit(train), ref),
                       "data_copying_ct": copying.score(features(images), mem.min_per_cell // 2)}
     return rows

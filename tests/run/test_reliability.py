@@ -224,7 +224,10 @@ def test_resuming_with_more_steps_stretches_the_cosine_to_the_new_end(config):
 
 
 # -- files ---------------------------------------------------------------------------------------------------
-def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_tmp(config, monkeypatch):
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")])
+def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_tmp(config, monkeypatch, error):
+    """A full disk as Python says it, and as torch's zip writer does ("unexpected pos")."""
     from ot_gen.run import checkpoints
 
     real_save = torch.save
@@ -234,14 +237,26 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_leaves_no_tmp(config, 
     def save(obj, f):
         if obj["global_step"] >= 20:
             f.write(b"part of a checkpoint")
-            raise OSError(28, "No space left on device")
+            raise error
         real_save(obj, f)
 
     monkeypatch.setattr(checkpoints.torch, "save", save)
-    with pytest.raises(CheckpointError, match=r"could not write the checkpoint .*\.ckpt \(No space left on device\)"):
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint .*\.ckpt \(No space left on device"):
         run(cfg)
     assert not list(ckpt_dir.glob("*.tmp")), "no half-written file"
     assert load(ckpt_dir / "last.ckpt")["global_step"] == 10, "the previous checkpoint survives"
+
+
+def test_an_unreadable_checkpoint_is_called_unreadable_not_corrupt(tmp_path, monkeypatch):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(CheckpointError, match=r"last.ckpt could not be read \(Permission denied\)$"):
+        load(ckpt)
 
 
 def write_idx(root: Path, value: int, n: int = 40) -> Path:

@@ -126,3 +126,45 @@ def test_a_failed_write_leaves_the_previous_output_whole_and_no_partial_file(tra
     assert f"could not write out={out}" in capsys.readouterr().err
     assert out.read_bytes() == previous and np.load(out).shape == (300, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"], "no .partial file left"
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_mid_export_is_one_line_and_leaves_no_partial_file(trained_checkpoint, tmp_path, capsys,
+                                                                    monkeypatch, signal_name, code):
+    """SIGTERM used to kill the export and leave its (pre-allocated) .partial file behind;
+    Ctrl-C ended in a traceback. Both: one line, no partial file, the old output intact."""
+    import os
+    import signal
+
+    from ot_gen.model.module import OTGenerator
+
+    out = tmp_path / "s.npy"
+    assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=300", f"out={out}")) == 0
+    previous = out.read_bytes()
+    real_sample, calls = OTGenerator.sample, []
+
+    def signalled_at_the_second_batch(self, n):
+        calls.append(n)
+        if len(calls) == 2:
+            os.kill(os.getpid(), getattr(signal, signal_name))
+        return real_sample(self, n)
+
+    monkeypatch.setattr(OTGenerator, "sample", signalled_at_the_second_batch)
+    assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=5000", "batch=1000", f"out={out}")) == code
+    err = capsys.readouterr().err
+    assert err.strip() == f"stopped by {signal_name}: out={out} was not written (nor replaced)"
+    assert len(calls) == 2 and out.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"], "no .partial file left"
+
+
+def test_a_picture_that_cannot_be_written_is_told_apart_from_the_samples(trained_checkpoint, tmp_path, capsys,
+                                                                        monkeypatch):
+    out, png = tmp_path / "s.npy", tmp_path / "s.png"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ot_gen.run.sample._picture", disk_full)
+    assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=300", f"out={out}", f"png={png}")) == 1
+    assert capsys.readouterr().err.strip() == f"wrote out={out}; could not write png={png}: No space left on device"
+    assert np.load(out).shape == (300, 2) and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
+    except OSError as e:  # the file is there but cannot be read (permissions, an I/O error)
+        raise CheckpointError(f"checkpoint {path} could not be read ({e.strerror or e})") from None
     except pickle.UnpicklingError as e:  # weights_only refused what the pickle asks for
         what = str(e).split("Unsupported global:", 1)[-1].strip().splitlines()[0] if "Unsupported global" in str(e) \
             else "objects other than data"
@@ -69,7 +72,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)  # no half-written file left behind
             if isinstance(e, (OSError, RuntimeError)):
                 kept = f"; the previous {path.name} is intact" if path.exists() else ""
-                raise CheckpointError(f"could not write the checkpoint {path} ({_reason(e)}){kept}") from None
+                raise CheckpointError(f"could not write the checkpoint {path} ({_reason(e, path.parent)}){kept}") \
+                    from None
             raise
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
@@ -79,11 +83,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load(path, map_location)
 
 
-def _reason(e: BaseException) -> str:
-    """An OS error's reason without the traceback ("No space left on device"); torch wraps
-    write errors in a RuntimeError that names the file and the errno."""
+def _reason(e: BaseException, folder: Path) -> str:
+    """An OS error's reason without the traceback ("No space left on device"). torch's
+    writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos":
+    that, or too little room left on the disk, is said as what it is."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if "unexpected pos" in str(e) or (free is not None and free < 2**20):
+        return "No space left on device" + (f" ({free / 2**20:.1f} MiB free)" if free is not None else "")
     return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
 
 

@@ -14,7 +14,9 @@ clamped to it). Samples are generated `batch` at a time straight into a memory-m
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +48,11 @@ def _partial(path: Path) -> Path:
 @torch.no_grad()
 def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cpu", seed: int = 0,
                   png=None) -> np.ndarray:
-    """Write the samples to `out` (and the picture to `png`), each first under a
-    `.partial` name, its whole size reserved on disk before any sample is generated, then
-    renamed into place: a failure (a full disk, a signal) leaves no truncated output, and
-    an existing file is replaced only by a complete one. Returns the array, memory-mapped."""
+    """Write the samples to `out` (and the picture of the first ones to `png`), each first
+    under a `.partial` name, its whole size reserved on disk before any sample is
+    generated, then renamed into place: a failure (a full disk, a signal) leaves no
+    truncated output, and an existing file is replaced only by a complete one. Returns the
+    array, memory-mapped."""
     module, data = load_module(ckpt_path, device)
     torch.manual_seed(seed)
     out = Path(out)
@@ -72,13 +75,19 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
     array = np.load(out, mmap_mode="r")
     if png is not None:
         png = Path(png)
-        png.parent.mkdir(parents=True, exist_ok=True)
         try:
+            png.parent.mkdir(parents=True, exist_ok=True)
             _picture(torch.from_numpy(np.array(array[:1000])), data, _partial(png))
             os.replace(_partial(png), png)
+        except OSError as e:
+            raise PictureNotWritten(e.errno, e.strerror or str(e)) from e
         finally:
             _partial(png).unlink(missing_ok=True)
     return array
+
+
+class PictureNotWritten(OSError):
+    """The samples were written; their picture (`png=`) could not be."""
 
 
 def _picture(x: torch.Tensor, data: run_record.DataInfo, path: Path) -> None:
@@ -121,12 +130,33 @@ def sample(cfg: DictConfig) -> int:
             check(not Path(path).is_dir(), key, path, f"a file name ending in {suffix}, not a folder")
             check(not (Path(path).exists() and Path(path).resolve() == ckpt.resolve()), key, path,
                   "a file other than the checkpoint it reads")
-        array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png)
+        with _sigterm_as_interrupt():
+            array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png)
     except OTGenError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
-    except OSError as e:  # a full disk, a folder without write permission: nothing was left behind
-        print(f"could not write out={cfg.out}" + (f" / png={cfg.png}" if cfg.png else "") + f": {e}", file=sys.stderr)
+    except PictureNotWritten as e:
+        print(f"wrote out={cfg.out}; could not write png={cfg.png}: {e.strerror}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a folder without write permission: nothing was left behind
+        print(f"could not write out={cfg.out}: {e}; nothing was written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (below): the partial file is gone already
+        signal_name = e.args[0] if e.args else "SIGINT"
+        print(f"stopped by {signal_name}: out={cfg.out} was not written (nor replaced)", file=sys.stderr)
+        return 128 + getattr(signal, signal_name, signal.SIGINT)
     print(f"wrote {cfg.out}: {array.shape} float32" + (f", and {cfg.png}" if cfg.png else ""))
     return 0
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends the export as Ctrl-C does: the partial file removed, one line said."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
