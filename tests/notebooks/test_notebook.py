@@ -14,13 +14,16 @@ from conftest import ROOT, SHARED
 NOTEBOOK = ROOT / "notebooks" / "explore_run.ipynb"
 
 
-def execute(run_dir: Path) -> nbformat.NotebookNode:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["OT_GEN_RUN_DIR"] = str(run_dir)
+def execute(run_dir: Path | None, notebook: Path = NOTEBOOK, cwd: Path = ROOT) -> nbformat.NotebookNode:
+    """Run the notebook in `cwd` (Jupyter's and VS Code's: the notebook's folder), with
+    OT_GEN_RUN_DIR set to `run_dir` (None: the notebook finds the newest run itself)."""
+    nb = nbformat.read(notebook, as_version=4)
+    if run_dir is not None:
+        os.environ["OT_GEN_RUN_DIR"] = str(run_dir)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     finally:
-        del os.environ["OT_GEN_RUN_DIR"]
+        os.environ.pop("OT_GEN_RUN_DIR", None)
     return nb
 
 
@@ -31,6 +34,28 @@ def outputs(nb) -> tuple[str, int]:
             text += out.get("text", "")
             images += "image/png" in out.get("data", {})
     return text, images
+
+
+@pytest.mark.e2e
+def test_notebook_run_from_its_folder_finds_the_newest_run_of_its_project(tmp_path):
+    """`jupyter execute notebooks/explore_run.ipynb` runs it in notebooks/: the runs are
+    found under the project's outputs/, not notebooks/outputs. A copy of the project's
+    layout in tmp keeps the checkout's outputs/ out of it."""
+    import shutil
+
+    from conftest import make_config
+    from ot_gen.run.train import run
+
+    project = tmp_path / "project"
+    (project / "conf").mkdir(parents=True)
+    (project / "conf" / "train.yaml").write_text("")
+    (project / "notebooks").mkdir()
+    shutil.copy(NOTEBOOK, project / "notebooks")
+    run_dir = project / "outputs" / "train" / "runs" / "2026-12-03_12-00-00"
+    run(make_config("trainer.max_steps=20", "mode.val_every_rounds=10", "eval.n_generated=0", out_dir=run_dir))
+    nb = execute(None, project / "notebooks" / NOTEBOOK.name, cwd=project / "notebooks")
+    text, _ = outputs(nb)
+    assert f"run: {run_dir}" in text and "samples: (5000, 2)" in text
 
 
 @pytest.mark.e2e
