@@ -73,6 +73,22 @@ def test_optuna_search_runs_trials_and_records_the_best(tmp_path):
 
 
 @pytest.mark.e2e
+def test_optuna_with_a_parallel_launcher_asks_for_as_many_trials_at_a_time(tmp_path):
+    proc = sweep(tmp_path, "hparams_search=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "hydra.sweeper.n_trials=2", "mode.pool_size=100", "data.n_train=500")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2," in proc.stdout + proc.stderr and "is launching 2 jobs" in proc.stdout + proc.stderr
+
+
+def test_trials_at_once_follows_the_launcher():
+    import os
+
+    from ot_gen.launch.search_space import trials_at_once
+
+    assert (trials_at_once(1), trials_at_once(2), trials_at_once(-1)) == (1, 2, os.cpu_count())
+
+
+@pytest.mark.e2e
 def test_optuna_must_minimise_a_distance(tmp_path):
     proc = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=maximize")
     assert "ConfigError: hydra.sweeper.direction='maximize' is not allowed: minimize" in proc.stderr + proc.stdout
@@ -158,3 +174,38 @@ def test_every_named_experiment_runs_in_fast_dev_mode(tmp_path):
     ran = sorted(r["experiment"] for r in rows)
     assert ran == (experiments if HAS_SHARED else [e for e in experiments if not e.startswith(("emgn", "otgan"))])
     assert all(r["status"] == "ok" for r in rows), rows
+
+
+def test_wandb_runs_of_a_sweep_share_a_group_and_are_named_by_their_overrides(tmp_path):
+    """In a multirun the dashboard groups a sweep's runs and names each by its overrides;
+    a group or name set in the config wins; a single run keeps W&B's own naming."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import CONF, make_config
+    from ot_gen.run.loggers import wandb_logger
+
+    make_config(out_dir=tmp_path / "0")  # a single run's Hydra config
+    single = wandb_logger(mode="offline", save_dir=str(tmp_path / "single"))
+    assert single._wandb_init.get("group") is None and single._wandb_init.get("name") is None
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        swept_cfg = compose("train", overrides=[f"hydra.sweep.dir={tmp_path / '2026-12-03_12-00-00'}"],
+                            return_hydra_config=True)
+    with open_dict(swept_cfg):
+        swept_cfg.hydra.mode = "MULTIRUN"
+        swept_cfg.hydra.job.num = 1
+        swept_cfg.hydra.job.override_dirname = "matcher=sinkhorn,seed=1"
+    HydraConfig().set_config(swept_cfg)
+    try:
+        swept = wandb_logger(mode="offline", save_dir=str(tmp_path / "swept"))
+        named = wandb_logger(mode="offline", save_dir=str(tmp_path / "named"), group="mine", name="this one")
+    finally:
+        make_config(out_dir=tmp_path / "0")
+    job_name = swept_cfg.hydra.job.name
+    assert swept._wandb_init["group"] == f"{job_name} 2026-12-03_12-00-00"
+    assert swept._wandb_init["name"] == "1: matcher=sinkhorn,seed=1"
+    assert (named._wandb_init["group"], named._wandb_init["name"]) == ("mine", "this one")

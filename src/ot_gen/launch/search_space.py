@@ -1,10 +1,15 @@
 """A Hydra callback that checks an Optuna search space before the first trial: every
 parameter a key of the config, every distribution one Optuna accepts (a log interval above
 0, low below high). A mistake is one line naming `hydra.sweeper.params.<key>`, exit code 2,
-instead of a traceback from inside the sweeper (or a sweep of trials that all fail)."""
+instead of a traceback from inside the sweeper (or a sweep of trials that all fail).
+
+It also registers the resolver `trials_at_once` that conf/hparams_search/optuna.yaml uses:
+Optuna asks for as many trials at a time as the launcher runs jobs (the joblib launcher's
+`n_jobs`; -1, joblib's "every core", is the CPU count; a launcher without it: one)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Any
@@ -13,6 +18,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError
+
+
+def trials_at_once(n_jobs: Any) -> int:
+    n = int(n_jobs)
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)  # joblib: -1 every core, -2 all but one
+
+
+OmegaConf.register_new_resolver("trials_at_once", trials_at_once, replace=True)
 
 
 def check_search_space(config: DictConfig) -> None:

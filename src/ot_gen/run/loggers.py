@@ -10,6 +10,8 @@ import threading
 from urllib.parse import urlsplit
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 
 from ot_gen.errors import check_choice
@@ -51,6 +53,18 @@ def wandb_unreachable(timeout: float = 5.0) -> str | None:
     return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
+def _sweep_identity(kwargs: dict) -> dict:
+    """In a Hydra multirun, the W&B runs of one sweep share a group (the task and the sweep
+    folder's name) and each is named by its job number and overrides, unless the config
+    sets `group` / `name`: the dashboard shows a sweep as one, not as unrelated names."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hc = HydraConfig.get()
+    overrides = hc.job.get("override_dirname") or ""
+    return {"group": kwargs.get("group") or f"{hc.job.name} {Path(hc.sweep.dir).name}",
+            "name": kwargs.get("name") or f"{hc.job.num}: {overrides}".rstrip(": ")}
+
+
 def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     """A Lightning `WandbLogger`, online when logged in to W&B and offline otherwise.
 
@@ -72,6 +86,7 @@ def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     import wandb
 
     kwargs.setdefault("settings", wandb.Settings(quiet=True))  # no run history and summary tables on the console
+    kwargs.update(_sweep_identity(kwargs))
     logger = WandbLogger(offline=mode == "offline", **kwargs)
     # Lightning passes anonymous=None, which W&B now warns about ("has no effect"); unset it.
     if logger._wandb_init.get("anonymous") is None:
