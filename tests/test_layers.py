@@ -16,8 +16,8 @@ LAYERS = {
     "run": 4,               # build, the run, sample export, checkpoints, record, pre-emption, loggers
     "model": 3,             # module, modes, priors, networks, EMA
     "evaluation": 2,        # metrics, Fréchet, pictures, end-of-run evaluation
-    "matching": 1, "data": 1,
-    "errors": 0, "rng": 0, "memory": 0, "__init__": 0,
+    "matching": 1, "data": 1, "memory": 1,   # memory: what a run will allocate, against the machine
+    "errors": 0, "rng": 0, "__init__": 0,
 }
 
 

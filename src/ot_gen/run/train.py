@@ -34,6 +34,9 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     log.info("run dir %s", cfg.paths.output_dir)
     module, data, trainer, resume = build(cfg)
+    # A resume times only this session's work: the steps and rounds it starts from.
+    steps_before = int(resume.checkpoint.get("global_step", 0)) if resume else 0
+    rounds_before = int(resume.checkpoint.get("state_dict", {}).get("rounds", 0)) if resume else 0
     try:
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else resume.path)
@@ -54,9 +57,9 @@ def run(cfg: DictConfig) -> float:
             **unseen,
             "steps": trainer.global_step,
             "rounds": int(module.rounds),
-            "s_per_round": fit_s / max(int(module.rounds), 1),
+            "s_per_round": fit_s / max(int(module.rounds) - rounds_before, 1),
             "val_s": clock.seconds,  # of fit_s, in validations
-            "train_s_per_step": (fit_s - clock.seconds) / max(trainer.global_step, 1),
+            "train_s_per_step": (fit_s - clock.seconds) / max(trainer.global_step - steps_before, 1),
             "wall_s": time.perf_counter() - start,
         }
         if trainer.is_global_zero:
