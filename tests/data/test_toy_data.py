@@ -51,6 +51,24 @@ def test_the_data_order_continues_from_the_data_modules_own_position():
     assert not torch.equal(served[0], served[4]), "a new pass, a new order"
 
 
+def test_under_ddp_each_rank_takes_its_share_of_each_round_also_after_a_resume():
+    """Rank r serves the batches r, r + W, ... of the pass (as Lightning's wrapper handed
+    them out), shards itself so Lightning does not wrap it (a DistributedSampler), and
+    after a resume mid-pass serves only the rest of it: the wrapper's indexing of a
+    shorter rest failed there (IndexError)."""
+    from torch.utils.data import DistributedSampler
+
+    from ot_gen.data.datamodule import EpochShuffle
+
+    served = 0
+    whole = list(EpochShuffle(600, 50, 1, seed=3, rounds_served=lambda: served, rank=0))  # 12 batches
+    ranks = [EpochShuffle(600, 50, 2, seed=3, rounds_served=lambda: served, rank=r) for r in (0, 1)]
+    assert isinstance(ranks[0], DistributedSampler) and [len(s) for s in ranks] == [6, 6]
+    assert [list(s) for s in ranks] == [whole[0::2], whole[1::2]]
+    served = 4  # resumed after 4 rounds of 2 batches
+    assert [list(s) for s in ranks] == [whole[8::2], whole[9::2]]
+
+
 def test_unknown_toy_set_lists_the_choices():
     with pytest.raises(ConfigError, match="name='moonz'.*eight_gaussians"):
         ToyDataModule("moonz")

@@ -79,3 +79,26 @@ def test_sigterm_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path, 
     saved = load(ckpt)
     assert saved["global_step"] >= 5 and not list(run_dir.glob("checkpoints/*.tmp"))
     assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).returncode == 1, "a rank is left"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_a_ddp_checkpoint_taken_mid_pass_resumes_under_ddp(tmp_path):
+    """A pre-empted multi-GPU job continues: its last.ckpt, taken mid-pass over the data
+    (10 rounds; a pass is 3 rounds of 2 × 256 of the 2000 points), resumed under DDP, runs
+    on to the new end; it used to fail at its first batch (IndexError in Lightning's
+    distributed sampler wrapper)."""
+    with_checkpoints = [o for o in DDP if o != "callbacks=none"] + ["callbacks.point_cloud_plots=null",
+                                                                     "callbacks.summary_figure=null"]
+
+    def ddp_train(*overrides):
+        cmd = [sys.executable, "train.py", *with_checkpoints, *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=280)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+    assert ddp_train("trainer.max_steps=10", "mode.val_every_rounds=5")["steps"] == 10
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert load(ckpt)["global_step"] == 10
+    resumed = ddp_train("trainer.max_steps=16", "mode.val_every_rounds=5", f"ckpt_path={ckpt}")
+    assert resumed["steps"] == 16 and resumed["rounds"] == 16

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ot_gen.data import toy
 from ot_gen.errors import check, check_choice, check_positive_int
@@ -74,7 +74,7 @@ class OTDataModule(L.LightningDataModule):
             TensorDataset(self.train_set, torch.arange(n)),
             batch_size=None,
             sampler=EpochShuffle(n, min(self.batch_size, n), self._world_size(), self.seed,
-                                 lambda: self.rounds_served),
+                                 lambda: self.rounds_served, rank=self._rank()),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not from the global RNG
@@ -95,35 +95,45 @@ class OTDataModule(L.LightningDataModule):
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
     def val_dataloader(self) -> DataLoader:
         # One batch: the validation metrics compare whole samples, not batch averages.
         return DataLoader(TensorDataset(self.val_set), batch_size=len(self.val_set),
                           generator=torch.Generator().manual_seed(self.seed))
 
 
-class EpochShuffle(Sampler[list[int]]):
+class EpochShuffle(DistributedSampler):
     """Batches of a random order per pass over the data that depends only on (seed, pass
     index), never on the global RNG. The pass and the position in it are counted from the
     rounds already served (`rounds_served()`), not from Lightning's epoch counter: a run
     resumed from a checkpoint taken mid-pass yields only the rest of that pass, in the same
     order, so it sees exactly the data the uninterrupted run would have seen. Under DDP
-    a round is `world` batches, one per rank (Lightning hands rank r the batches r, r + W,
-    ...); a pass is as many whole rounds as the data holds."""
+    a round is `world` batches, one per rank: rank r takes the batches r, r + W, ... of
+    the pass; a pass is as many whole rounds as the data holds.
 
-    def __init__(self, n: int, batch_size: int, world: int, seed: int, rounds_served: Callable[[], int]):
+    It shards by rank itself, so it is a `DistributedSampler` to Lightning, which then
+    leaves it as it is: Lightning's own wrapper lists a sampler's batches once and indexes
+    them by its length, which fails on the shorter rest of a pass after a resume."""
+
+    def __init__(self, n: int, batch_size: int, world: int, seed: int, rounds_served: Callable[[], int],
+                 rank: int = 0):
+        # No DistributedSampler.__init__: it would ask the process group; all is given here.
         self.n, self.batch_size, self.world, self.seed, self.rounds_served = n, batch_size, world, seed, rounds_served
+        self.rank, self.epoch = rank, 0
         self.rounds = max(n // (batch_size * world), 1)  # rounds per pass
 
     def __iter__(self):
         done = self.rounds_served()
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + done // self.rounds)
         order = torch.randperm(self.n, generator=gen)
-        first = (done % self.rounds) * self.world
+        first = (done % self.rounds) * self.world + self.rank
         return iter(order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
-                    for b in range(first, self.rounds * self.world))
+                    for b in range(first, self.rounds * self.world, self.world))
 
     def __len__(self) -> int:
-        return self.rounds * self.world
+        return self.rounds
 
 
 class ToyDataModule(OTDataModule):
