@@ -221,7 +221,7 @@ def test_the_console_shows_what_helps_and_nothing_else(tmp_path):
     warning, no deprecation notice, no per-epoch bar."""
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "trainer.max_steps=40", "mode.val_every_rounds=20", "val_samples=300",
-           "eval.n_generated=1000", f"hydra.run.dir={out}"]
+           "eval.n_generated=1000", "eval.n_heldout=300", f"hydra.run.dir={out}"]
     env = {**python_env(), "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
