@@ -150,7 +150,12 @@ def test_a_signal_mid_export_is_one_line_and_leaves_no_partial_file(trained_chec
         return real_sample(self, n)
 
     monkeypatch.setattr(OTGenerator, "sample", signalled_at_the_second_batch)
-    assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=5000", "batch=1000", f"out={out}")) == code
+    # As at a terminal: a shell starts a background job (CI under nohup ... &) with SIGINT ignored.
+    interactive = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=5000", "batch=1000", f"out={out}")) == code
+    finally:
+        signal.signal(signal.SIGINT, interactive)
     err = capsys.readouterr().err
     assert err.strip() == f"stopped by {signal_name}: out={out} was not written (nor replaced)"
     assert len(calls) == 2 and out.read_bytes() == previous
