@@ -87,6 +87,68 @@ def test_wrong_sizes_in_idx_files_are_named(tmp_path):
         datamodule("mnist", tmp_path, root=str(root))
 
 
+def test_an_idx_file_with_a_wrong_magic_number_says_so(tmp_path):
+    root = tmp_path / "idx"
+    root.mkdir()
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(np.array([0x12345678, 5, 28, 28], ">i4").tobytes() + bytes(5 * 28 * 28))
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(np.array([0x00000801, 5], ">i4").tobytes() + bytes(5))
+    with pytest.raises(DataFileError) as e:
+        datamodule("mnist", tmp_path, root=str(root))
+    message = str(e.value)
+    assert "t10k-images-idx3-ubyte.gz: not a valid IDX file once decompressed: its magic number is 12 34 56 78" in message
+    assert "()" not in message and "delete" not in message  # the cache is faithful: deleting it changes nothing
+
+
+def refuse_listing(monkeypatch, forbidden):
+    """Make listing `forbidden` fail as an unreadable folder does (the tests run as root,
+    whom chmod does not stop)."""
+    import os
+
+    for name in ("listdir", "scandir"):
+        real = getattr(os, name)
+
+        def fake(path=".", _real=real):
+            if str(path) == str(forbidden):
+                raise PermissionError(13, "Permission denied", str(path))
+            return _real(path)
+
+        monkeypatch.setattr(os, name, fake)
+
+
+def test_an_unreadable_data_root_is_named_without_a_traceback(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "imgs")
+    refuse_listing(monkeypatch, root)
+    for source in ("image_folder", "mnist", "cifar10"):
+        with pytest.raises(DataFileError, match=rf"data.root={root} cannot be read \(Permission denied\)"):
+            datamodule(source, tmp_path, root=str(root), n_val=2)
+
+
+def test_an_unreadable_subfolder_is_named_and_left_out_or_fails(tmp_path, monkeypatch, caplog):
+    root = write_folder(tmp_path / "imgs")
+    refuse_listing(monkeypatch, root / "sub")
+    dm = datamodule("image_folder", tmp_path, root=str(root), image_size=16, n_val=2)
+    assert len(dm.train_set) + len(dm.val_set) == 6  # the six readable images; sub/gray.jpg left out
+    assert f"leaving out {root / 'sub'}: cannot list it (Permission denied)" in caplog.text
+    with pytest.raises(DataFileError, match=rf"cannot list {root / 'sub'} \(Permission denied\)"):
+        datamodule("image_folder", tmp_path, root=str(root), on_bad_file="fail", n_val=2)
+
+
+def test_a_decompression_bomb_is_named_and_skipped_or_fails(tmp_path, monkeypatch, caplog):
+    from PIL import Image
+
+    root = write_folder(tmp_path / "imgs")
+    (root / "broken.png").unlink()
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(root / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 × 200 is then over twice the limit
+    with pytest.raises(DataFileError, match=r"cannot read .*huge.png: Image size \(40000 pixels\) exceeds"):
+        datamodule("image_folder", tmp_path, root=str(root), on_bad_file="fail", n_val=2)
+    dm = datamodule("image_folder", tmp_path, root=str(root), image_size=16, n_val=2)
+    assert len(dm.train_set) + len(dm.val_set) == 7  # the six RGB images and the gray one
+    assert f"skipping unreadable {root / 'huge.png'}: Image size" in caplog.text
+
+
 # -- CIFAR-10 on-disk format --------------------------------------------------------------------
 def test_cifar10_reads_its_on_disk_format(tmp_path):
     base = write_cifar(tmp_path / "c10")
@@ -104,6 +166,22 @@ def test_cifar10_corrupt_batch_is_named(tmp_path):
     (base / "data_batch_2").write_bytes(b"not a pickle")
     with pytest.raises(DataFileError, match="data_batch_2"):
         datamodule("cifar10", tmp_path, root=str(tmp_path / "c10"))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import os
+
+    base = write_cifar(tmp_path / "c10")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (base / "data_batch_2").write_bytes(pickle.dumps({"data": Payload(), "labels": [0]}))
+    with pytest.raises(DataFileError, match=r"data_batch_2: not a CIFAR-10 batch file .*names posix.system"):
+        datamodule("cifar10", tmp_path, root=str(tmp_path / "c10"))
+    assert not marker.exists()
 
 
 # -- image folders ----------------------------------------------------------------------------

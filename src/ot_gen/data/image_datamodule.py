@@ -75,6 +75,7 @@ class ImageDataModule(OTDataModule):
         return self._scale(self._to_float(train)), self._scale(self._to_float(val))
 
     def _load(self) -> image_readers.Splits:
+        image_readers.check_readable_root(self.root)
         if self.source == "cifar10":
             return image_readers.load_cifar10(self.root, self.download)
         if self.source == "image_folder":

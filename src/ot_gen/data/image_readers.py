@@ -36,6 +36,19 @@ class DataFileError(OTGenError, FileNotFoundError):
     """Data files missing, unreadable or corrupt; the message names the file(s)."""
 
 
+def check_readable_root(root: Path) -> None:
+    """data.root must be a folder this process may list: a permission problem is named
+    here, not met as a traceback (or as "no files") inside a reader."""
+    try:
+        if root.exists() and not root.is_dir():
+            raise DataFileError(f"data.root={root} is a file, not a folder")
+        if root.is_dir():
+            os.listdir(root)
+    except PermissionError as e:
+        raise DataFileError(f"data.root={root} cannot be read ({e.strerror}): let this user read and list it "
+                            f"(chmod u+rx), or point data.root at a copy") from None
+
+
 def _download_if_absent(name: str, present: list, download: bool, fetch) -> None:
     """Call torchvision's downloader `fetch()` only when none of the set's files are
     there; a failure (no network) is logged and left to the caller's clear error."""
@@ -102,12 +115,33 @@ def _readable(path: Path, cache: Path) -> Path:
 def _read_idx(reader, source: Path, cache: Path) -> torch.Tensor:
     """torchvision's IDX `reader` on `source` (or its decompressed copy), with an error
     naming the file that was read."""
-    path = _readable(source, cache)
     try:
-        return reader(str(path))
-    except (AssertionError, RuntimeError, ValueError) as e:
-        where = f" (read from the cache file {path}: delete it to decompress again)" if path != source else ""
-        raise DataFileError(f"{source}: not a valid IDX file ({e}){where}") from None
+        path = _readable(source, cache)
+        problem = _idx_header_problem(path)
+    except PermissionError as e:
+        raise DataFileError(f"{e.filename}: cannot be read ({e.strerror})") from None
+    if problem is None:
+        try:
+            return reader(str(path))
+        except (AssertionError, RuntimeError, ValueError) as e:
+            problem = str(e) or f"torchvision's reader refused it ({type(e).__name__})"
+    decompressed = " once decompressed" if path != source else ""
+    raise DataFileError(f"{source}: not a valid IDX file{decompressed}: {problem}; replace it with the "
+                        f"official file (its md5 is listed where the data set is published)") from None
+
+
+IDX_TYPES = {0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E}  # ubyte, byte, short, int, float, double
+
+
+def _idx_header_problem(path: Path) -> str | None:
+    """What is wrong with an IDX file's first four bytes (00 00, a type code, 1-3
+    dimensions) and size, in words; None when they are right."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES or not 1 <= head[3] <= 3:
+        return (f"its magic number is {head.hex(' ') or 'missing (empty file)'}, where an IDX file starts "
+                f"00 00, a type code (08 for images and labels) and 1-3 dimensions")
+    return None
 
 
 def load_idx(name: str, root: Path, download: bool, cache: Path) -> Splits:
@@ -140,13 +174,30 @@ CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds plain containers and numpy arrays and nothing else: a batch
+    file is data, so one that names any other callable (a payload that would run a
+    command) is refused instead of executed."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a data file has no use for")
+        return super().find_class(module, name)
+
+
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _ArraysOnly(f, encoding="latin1").load()
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+    except PermissionError as e:
+        raise DataFileError(f"{path}: cannot be read ({e.strerror})") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise DataFileError(f"{path}: not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
     return data, labels
 
@@ -176,15 +227,32 @@ def load_cifar10(root: Path, download: bool) -> Splits:
 
 
 # -- any folder of images -------------------------------------------------------------------------
+def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, OSError]]]:
+    """The image files under `root`, sorted, and the folders that could not be listed
+    (pathlib's rglob passes over those in silence)."""
+    unlisted: list[tuple[str, OSError]] = []
+    files = []
+    for folder, _, names in os.walk(root, onerror=lambda e: unlisted.append((e.filename, e))):
+        files += [Path(folder, n) for n in names if Path(n).suffix.lower() in IMG_EXTENSIONS]
+    return sorted(files), unlisted
+
+
 def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: str) -> Splits:
     """Every image file under `root` (recursively, any format PIL reads), converted to
     `channels` (1: grayscale, 3: RGB) and resized to image_size × image_size.
     An unreadable file is named in the log and skipped (`on_bad_file=skip`) or is an error."""
     if not root.is_dir():
         raise DataFileError(f"image_folder: data.root={root} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    files, unlisted = _image_files(root)
+    for folder, e in unlisted:
+        if on_bad_file == "fail":
+            raise DataFileError(f"image_folder: cannot list {folder} ({e.strerror}) under data.root={root} "
+                                f"(set data.on_bad_file=skip to leave it out)")
+        log.warning("image_folder: leaving out %s: cannot list it (%s)", folder, e.strerror)
     if not files:
-        raise DataFileError(f"image_folder: no image files ({', '.join(IMG_EXTENSIONS)}) under data.root={root}")
+        unreadable = f"; {len(unlisted)} folder(s) could not be listed" if unlisted else ""
+        raise DataFileError(f"image_folder: no image files ({', '.join(IMG_EXTENSIONS)}) under "
+                            f"data.root={root}{unreadable}")
     mode = {1: "L", 3: "RGB"}[channels]
     images, skipped = [], []
     for path in files:
@@ -192,11 +260,13 @@ def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: s
             with Image.open(path) as img:
                 img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BICUBIC)
                 images.append(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             if on_bad_file == "fail":
-                raise DataFileError(f"image_folder: cannot read {path}: {e} (set data.on_bad_file=skip to skip it)") from None
+                raise DataFileError(f"image_folder: cannot read {path}: {reason} "
+                                    f"(set data.on_bad_file=skip to skip it)") from None
             skipped.append(path)
-            log.warning("image_folder: skipping unreadable %s: %s", path, e)
+            log.warning("image_folder: skipping unreadable %s: %s", path, reason)
     if not images:
         raise DataFileError(f"image_folder: none of the {len(files)} files under {root} could be read")
     if skipped:
