@@ -81,3 +81,26 @@ def test_ssim_loss_with_psnr_matching_trains_on_images(config):
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert metrics["steps"] == 4 and 0 <= metrics["train/loss"] <= 2  # 1 - SSIM of the matched pairs
     assert metrics["train/matched_cost"] <= metrics["train/identity_cost"]  # PSNR matching beats identity pairs
+
+
+def test_ssim_on_images_smaller_than_its_window_is_refused_before_training(config):
+    with pytest.raises(ConfigError, match=r"cost='ssim' .*at least 11×11 pixels .*data=clock gives 8×8"):
+        build(config("data=clock", "data.image_size=8", "cost=ssim", "data.n_train=64", "mode.batch_size=16"))
+    with pytest.raises(ConfigError, match=r"match_cost='ssim' .*at least 11×11"):
+        build(config("data=clock", "data.image_size=8", "cost@match_cost=ssim", "data.n_train=64",
+                     "mode.batch_size=16"))
+
+
+def test_matching_a_whole_set_by_ssim_says_up_front_what_it_costs_and_the_way_out(config, caplog):
+    whole_set = ("data=clock", "mode=oversampled", "mode.pool_size=1200", "mode.k=2", "data.n_train=1200",
+                 "mode.fit_batch_size=100")
+    with caplog.at_level("WARNING", logger="ot_gen.run.build"):
+        build(config(*whole_set, "cost=ssim"))
+    slow = [r.getMessage() for r in caplog.records if "multiply-adds" in r.getMessage()]
+    assert len(slow) == 1 and "cost=ssim matches 2,400 × 1,200" in slow[0], slow
+    assert "cost@match_cost=sqeuclidean" in slow[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ot_gen.run.build"):
+        build(config(*whole_set, "cost=ssim", "cost@match_cost=sqeuclidean"))
+        build(config("data=clock", "cost=ssim", "data.n_train=64", "mode.batch_size=16"))  # a minibatch: fine
+    assert not [r for r in caplog.records if "multiply-adds" in r.getMessage()]

@@ -60,3 +60,18 @@ def test_a_foreign_target_in_the_run_record_is_refused_naming_the_key(tmp_path):
     with pytest.raises(CheckpointError, match=r"prior\._target_='shutil.copyfile' is not one of ot_gen's parts"):
         write_samples(bad, 10, tmp_path / "s.npy")
     assert victim.read_text() == "years of work"
+
+
+def test_a_project_class_in_the_wrong_group_is_refused_in_one_line(tmp_path, capsys):
+    """An allowed `_target_` that builds the wrong part (a network as the prior) used to end
+    in "AttributeError: 'str' object has no attribute 'dim'" deep in sampling."""
+    ckpt = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    ckpt["ot_gen"]["config"]["prior"]["_target_"] = "ot_gen.model.networks.MLP"
+    bad = tmp_path / "wrong_part.ckpt"
+    torch.save(ckpt, bad)
+    code = sample(OmegaConf.create({"ckpt_path": str(bad), "n": 10, "out": str(tmp_path / "s.npy"), "png": None,
+                                    "batch": 10, "device": "cpu", "seed": 0}))
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1, err
+    assert "prior._target_='ot_gen.model.networks.MLP' is not allowed: a subclass of ot_gen.model.priors.Prior" in err
+    assert not (tmp_path / "s.npy").exists()

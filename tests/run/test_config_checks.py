@@ -137,6 +137,14 @@ def test_the_default_config_is_the_documented_one(config):
         ("mode.ratio=100000", "mode.ratio=100000 is not allowed: a round of 25,600,000 generated points matched to "
          "256 reals needs about"),
         ("data=image_folder", "data.root='???' is not allowed: a value; this config needs data.root=..."),
+        ("prior._target_=ot_gen.model.networks.MLP", "prior._target_='ot_gen.model.networks.MLP' is not allowed: a "
+         "subclass of ot_gen.model.priors.Prior (it names the class MLP); the options are in conf/prior/"),
+        ("matcher._target_=ot_gen.model.priors.GaussianPrior", "matcher._target_='ot_gen.model.priors.GaussianPrior' "
+         "is not allowed: a subclass of ot_gen.matching.base.Matcher"),
+        ("network._target_=ot_gen.run.build.__doc__", "network._target_='ot_gen.run.build.__doc__' is not allowed: a "
+         "subclass of torch.nn.modules.module.Module (it names a str)"),
+        ("cost._target_=ot_gen.matching.costs.nothing", "cost._target_='ot_gen.matching.costs.nothing' is not "
+         "allowed: an importable class"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(config, override, message):

@@ -7,6 +7,8 @@ the generator regresses on. Points are flattened to vectors first, so images wor
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ot_gen.errors import check
@@ -17,6 +19,13 @@ class Cost:
 
     name = "cost"
     matches_only = False  # True: fit to pair points, not to regress on (train.build refuses it as `cost`)
+
+    def check_data(self, key: str, shape: tuple[int, ...], data_name: str) -> None:
+        """Refuse, before any work, data of a shape (one point's) this cost cannot take."""
+
+    def work_per_pair(self, shape: tuple[int, ...]) -> float:
+        """Multiply-adds of one entry of the pairwise matrix, for points of `shape`."""
+        return float(math.prod(shape))
 
     def pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._pairwise(x.flatten(1), y.flatten(1))
@@ -82,6 +91,11 @@ class _ImageCost(Cost):
               f"the data's value range: cost {self.name} works on image data only")
         self.data_range = float(data_range[1]) - float(data_range[0])
 
+    def check_data(self, key, shape, data_name):
+        check(len(shape) == 3, key, self.name,
+              f"a cost of points of any shape (sqeuclidean, euclidean, l1): data={data_name} gives points "
+              f"of shape {tuple(shape)}, and cost {self.name} compares images (C, H, W)")
+
     def pairwise(self, x, y):
         return self._pairwise(self._image(x), self._image(y))
 
@@ -111,6 +125,18 @@ class SSIM(_ImageCost):
         g = torch.exp(-(r**2) / (2 * self.sigma**2))
         g = g / g.sum()
         return torch.outer(g, g)
+
+    def _windows(self, shape) -> int:
+        return (shape[-2] - self.window + 1) * (shape[-1] - self.window + 1) * shape[0]
+
+    def check_data(self, key, shape, data_name):
+        super().check_data(key, shape, data_name)
+        check(min(shape[-2:]) >= self.window, key, self.name,
+              f"a cost of images of at least {self.window}×{self.window} pixels (the SSIM window): "
+              f"data={data_name} gives {shape[-2]}×{shape[-1]}; use sqeuclidean or l1")
+
+    def work_per_pair(self, shape):
+        return float(self._windows(shape) * self.window**2)
 
     def _patches(self, x):
         """(N, P, 121): every valid 11×11 window of every channel, flattened."""

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +23,7 @@ from ot_gen.model.module import OTGenerator
 from ot_gen.run import checkpoints, run_record
 from ot_gen.run.config_checks import (
     LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_missing, check_resume_config, check_top_level,
-    instantiate_group,
+    instantiate_group, target_of,
 )
 from ot_gen.run.preemption import Preemption
 from ot_gen.run.progress import StepProgressBar, ValidationClock
@@ -82,6 +81,7 @@ def build(cfg: DictConfig) -> Run:
                     "uses those %d", cfg.eval.n_heldout, len(data.val_set), data_name, len(data.val_set))
     config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, mode, run_record.DataInfo.of(data))
+    _check_costs(module, mode, tuple(data.train_set[0].shape), data_name)
     check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
     callbacks = [run_record.RunRecord(config), ValidationClock(), Preemption(),
                  *_instantiate_all("callbacks", cfg.get("callbacks"))]
@@ -152,10 +152,29 @@ def _costs(cfg: DictConfig) -> tuple[Cost, Cost | None]:
     return cost, match_cost
 
 
+def _check_costs(module: OTGenerator, mode: Mode, shape: tuple[int, ...], data_name: str) -> None:
+    """Costs that cannot take the data's points are refused; a matching cost whose matrix
+    would take minutes a round (SSIM on a whole training set) is said up front, with the fix."""
+    module.cost.check_data("cost", shape, data_name)
+    matching = module.match_cost
+    key = "cost" if matching is module.cost else "match_cost"
+    matching.check_data(key, shape, data_name)
+    m, n, size = mode.generated_per_round(), mode.reals_per_round, math.prod(shape)
+    work = m * n * matching.work_per_pair(shape)
+    if work > _SLOW_MATCHING and work > 4 * m * n * size:
+        log.warning("%s=%s matches %s × %s points a round: about %.0e multiply-adds, %.0f× the squared-Euclidean "
+                    "matrix (minutes or more a round on a CPU); cost@match_cost=sqeuclidean matches in L2 and keeps "
+                    "%s as the regression loss", key, matching.name, f"{m:,}", f"{n:,}", work, work / (m * n * size),
+                    module.cost.name)
+
+
+_SLOW_MATCHING = 1e11  # multiply-adds of one round's cost matrix: about a minute on 2 CPU cores
+
+
 def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> Matcher:
     """The matcher, after it agreed to the mode and the strategy, given what it asks of
     the data (constructor arguments `data_shape`, `n_reals`)."""
-    target = hydra.utils.get_object(cfg.matcher._target_)
+    target = target_of("matcher", cfg.matcher)
     target.check_run(mode.name, distributed=str(cfg.trainer.get("strategy", "auto")).startswith("ddp"))
     known = {"data_shape": data.shape, "n_reals": data.n_train}
     params = inspect.signature(target).parameters

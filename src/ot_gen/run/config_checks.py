@@ -34,7 +34,7 @@ def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate(node, **kwargs)`, where an unknown key, a value of the wrong
     type, or a value the target rejects becomes a `ConfigError` naming `group.key` (or the
     group, with the target's own message, when the target does not say which key)."""
-    target = hydra.utils.get_object(node._target_)
+    target = target_of(group, node)
     params = inspect.signature(target).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         allowed = [p for p in params if p not in kwargs and p != "self"]
@@ -55,6 +55,51 @@ def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
                 raise ConfigError(group, node._target_, message) from None
             raise ConfigError(f"{group}.{key}", node[key], message) from None
         raise
+
+
+def _group_kinds() -> dict[str, type]:
+    """What each group's `_target_` must build: a class of the part the run will use."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import Logger
+
+    from ot_gen.matching import Matcher
+    from ot_gen.matching.costs import Cost
+    from ot_gen.model.modes import Mode
+    from ot_gen.model.priors import Prior
+
+    return {"mode": Mode, "data": L.LightningDataModule, "prior": Prior, "network": torch.nn.Module,
+            "cost": Cost, "match_cost": Cost, "matcher": Matcher, "trainer": L.Trainer, "ema": L.Callback,
+            "callbacks": L.Callback, "logger": Logger, "optimizer": torch.optim.Optimizer,
+            "scheduler": torch.optim.lr_scheduler.LRScheduler}
+
+
+def target_of(group: str, node: DictConfig) -> Any:
+    """The class that `group._target_` names, when it can be imported and builds the kind
+    of part the group is for: anything else (a function, a string constant, another
+    group's class) is a `ConfigError` naming the key, not an AttributeError deep in a run."""
+    name = node._target_
+    try:
+        target = hydra.utils.get_object(name)
+    except Exception as e:
+        raise ConfigError(f"{group}._target_", name, f"an importable class ({str(e).splitlines()[0]})") from None
+    kind = _group_kinds().get(group.split(".")[0])
+    builds = target if isinstance(target, type) else _returns(target)
+    if kind is not None and not (isinstance(builds, type) and issubclass(builds, kind)):
+        what = f"a {type(target).__name__}" if not isinstance(target, type) else f"the class {target.__qualname__}"
+        raise ConfigError(f"{group}._target_", name, f"a subclass of {kind.__module__}.{kind.__qualname__} "
+                                                     f"(it names {what}); the options are in conf/{group.split('.')[0]}/")
+    return target
+
+
+def _returns(factory: Any) -> Any:
+    """The class a factory function says it returns (`def wandb_logger(...) -> WandbLogger`)."""
+    if not inspect.isfunction(factory):
+        return None
+    try:
+        return typing.get_type_hints(factory).get("return")
+    except Exception:
+        return None
 
 
 def _is_value_complaint(e: BaseException | None) -> bool:
@@ -154,11 +199,7 @@ def check_all_types(cfg: DictConfig) -> None:
     for group in groups:
         node = cfg.get(group)
         if OmegaConf.is_dict(node) and "_target_" in node:
-            try:
-                target = hydra.utils.get_object(node._target_)
-            except Exception:
-                continue  # an unknown target is reported where it is built
-            check_types(group, target, node)
+            check_types(group, target_of(group, node), node)
 
 
 LIBRARY_GROUPS = ("trainer", "optimizer", "scheduler")  # built by Lightning's or torch's classes
