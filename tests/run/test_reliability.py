@@ -302,7 +302,7 @@ def test_a_damaged_cache_file_is_named(tmp_path):
     mnist(root, cache)
     (cached,) = (cache / "MNIST").glob("t10k-images-idx3-ubyte.*")
     cached.write_bytes(cached.read_bytes()[:1000])
-    with pytest.raises(DataFileError, match=f"read from the cache file {cached}: delete it"):
+    with pytest.raises(DataFileError, match=f"as read from the cache file {cached}: delete it"):
         mnist(root, cache)
 
 

@@ -125,9 +125,19 @@ def _read_idx(reader, source: Path, cache: Path) -> torch.Tensor:
             return reader(str(path))
         except (AssertionError, RuntimeError, ValueError) as e:
             problem = str(e) or f"torchvision's reader refused it ({type(e).__name__})"
+    if path != source and path.stat().st_size != _gzip_size(source):
+        raise DataFileError(f"{source}: not a valid IDX file ({problem}) as read from the cache file {path}: "
+                            f"delete it to decompress again (its size differs from the archive's)") from None
     decompressed = " once decompressed" if path != source else ""
     raise DataFileError(f"{source}: not a valid IDX file{decompressed}: {problem}; replace it with the "
                         f"official file (its md5 is listed where the data set is published)") from None
+
+
+def _gzip_size(path: Path) -> int:
+    """The uncompressed size a .gz file records in its last four bytes (modulo 2**32)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
 
 
 IDX_TYPES = {0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E}  # ubyte, byte, short, int, float, double
