@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ot_gen.errors import ConfigError, OTGenError
+from ot_gen.run import preemption
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,8 @@ class SaveOnInterrupt(L.Callback):
             return
         path = save_last(trainer)
         if path is not None and trainer.is_global_zero:
-            log.warning("%s at step %d: saved %s; resume with ckpt_path=%s",
-                        type(exception).__name__, trainer.global_step, path, path)
+            what = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else preemption.stopped_by or "SIGTERM"
+            log.warning("%s at step %d: saved %s; resume with ckpt_path=%s", what, trainer.global_step, path, path)
 
 
 def newest_last(runs_dir: Path) -> Path | None:

@@ -23,6 +23,7 @@ from ot_gen.errors import ConfigError, Interrupted, OTGenError
 from ot_gen.evaluation.final import final_metrics
 from ot_gen.run import checkpoints
 from ot_gen.run.build import build
+from ot_gen.run import preemption
 from ot_gen.run.preemption import stops_on_sigterm
 from ot_gen.run.progress import ValidationClock
 
@@ -114,8 +115,10 @@ def task(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except SIGTERMException:
-        if not sweeping:
-            raise  # saved and said so (checkpoints.SaveOnInterrupt, preemption.stops_on_sigterm)
+        if not sweeping:  # saved and said so (checkpoints.SaveOnInterrupt, preemption.stops_on_sigterm)
+            if preemption.stopped_by == "SIGINT":
+                sys.exit(130)  # Ctrl-C under DDP, or after training: a shell's code for it
+            raise
         # In a sweep: an `interrupted` row, and the sweep stops here (launch.sweep_summary).
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         reason = f"stopped by SIGTERM; resume with ckpt_path={last}" if last.exists() \
