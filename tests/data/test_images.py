@@ -290,3 +290,18 @@ def test_latent_traversal_pictures_are_saved(config, prior):
     names = {p.name.rsplit("_step", 1)[0] for p in plots.glob("*.png")}
     assert {"plane_0_1", "plane_1_2", "plane_0_2", "interpolation"} <= names
     assert ("centre_noise" in names) == (prior == "gmm")
+
+
+def test_outliers_replace_a_seeded_share_of_the_training_images_by_noise_and_keep_held_out_clean(tmp_path):
+    clean = datamodule("clock", tmp_path, n_train=200, n_val=50)
+    noisy = datamodule("clock", tmp_path, n_train=200, n_val=50, outliers=0.1)
+    again = datamodule("clock", tmp_path, n_train=200, n_val=50, outliers=0.1)
+    ids = noisy.outlier_ids
+    assert len(ids) == 20 and torch.equal(ids, again.outlier_ids) and torch.equal(noisy.train_set, again.train_set)
+    others = torch.ones(200, dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(noisy.train_set[others], clean.train_set[others]) and torch.equal(noisy.val_set, clean.val_set)
+    noise = noisy.train_set[ids]
+    assert noise.min() >= -1 and noise.max() <= 1 and noise.std() > 0.5  # uniform in [-1, 1]: std 0.58
+    with pytest.raises(ConfigError, match=r"outliers=1.5 is not allowed: a fraction in \[0, 1\)"):
+        datamodule("clock", tmp_path, outliers=1.5)

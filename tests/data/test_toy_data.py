@@ -24,6 +24,21 @@ def test_every_toy_set_is_seeded_and_has_independent_splits(name):
     assert not torch.equal(dm.train_set[:300], dm.val_set)
 
 
+@pytest.mark.parametrize("name", ["eight_gaussians", "uniform_1d"])
+def test_outliers_move_a_seeded_share_of_the_training_points_far_away(name):
+    clean = ToyDataModule(name, n_train=1000, n_val=300, seed=2)
+    noisy = ToyDataModule(name, n_train=1000, n_val=300, seed=2, outliers=0.05)
+    clean.setup(), noisy.setup()
+    ids = noisy.outlier_ids
+    assert len(ids) == 50 and len(set(ids.tolist())) == 50
+    radius = clean.train_set.norm(dim=1).max()
+    assert torch.allclose(noisy.train_set[ids].norm(dim=1), 4 * radius)
+    others = torch.ones(1000, dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(noisy.train_set[others], clean.train_set[others])
+    assert torch.equal(noisy.val_set, clean.val_set), "held-out points stay clean"
+
+
 def test_reals_per_round_are_capped_at_the_training_set_and_come_with_their_indices():
     dm = ToyDataModule("moons", n_train=300, n_val=100, batch_size=1000)
     dm.setup()

@@ -10,8 +10,8 @@ import torch
 from ot_gen.matching.costs import SqEuclidean
 from ot_gen.errors import NonFiniteError
 from ot_gen.matching import (
-    CriticMatcher, ExactMatcher, NearestMatcher, RandomMatcher, SemiDiscreteMatcher,
-    SinkhornMatcher, balance_excess, round_to_assignment,
+    CriticMatcher, ExactMatcher, NearestMatcher, PartialMatcher, RandomMatcher, SemiDiscreteMatcher,
+    SinkhornMatcher, UnbalancedMatcher, balance_excess, round_to_assignment,
 )
 
 COST = SqEuclidean()
@@ -160,6 +160,7 @@ def test_balance_excess_is_zero_for_the_most_even_histograms():
 ALL = {
     "exact": ExactMatcher, "hungarian": lambda: ExactMatcher(solver="hungarian"), "random": RandomMatcher,
     "sinkhorn": SinkhornMatcher, "nearest": NearestMatcher, "critic": lambda: CriticMatcher((2,), critic_steps=3),
+    "partial": PartialMatcher, "unbalanced": UnbalancedMatcher,
 }
 
 
@@ -204,7 +205,7 @@ from ot_gen.run.train import run  # noqa: E402
 TINY = ["trainer.max_steps=40", "mode.val_every_rounds=20", "eval.n_generated=2000", "callbacks=none"]
 
 
-@pytest.mark.parametrize("matcher", ["nearest", "sinkhorn", "critic", "random"])
+@pytest.mark.parametrize("matcher", ["nearest", "sinkhorn", "critic", "random", "partial", "unbalanced"])
 def test_each_matcher_trains_in_minibatch_mode(config, matcher):
     import json
 
@@ -216,7 +217,7 @@ def test_each_matcher_trains_in_minibatch_mode(config, matcher):
         assert metrics["train/matched_cost"] <= metrics["train/identity_cost"]
 
 
-@pytest.mark.parametrize("matcher", ["nearest", "sinkhorn", "critic", "semidiscrete"])
+@pytest.mark.parametrize("matcher", ["nearest", "sinkhorn", "critic", "semidiscrete", "partial", "unbalanced"])
 def test_each_matcher_trains_in_oversampled_mode_with_its_diagnostics(config, matcher, tmp_path):
     import json
 
@@ -228,6 +229,8 @@ def test_each_matcher_trains_in_oversampled_mode_with_its_diagnostics(config, ma
         assert key in metrics
     if matcher in ("critic", "semidiscrete"):
         assert "train/balance" in metrics
+    if matcher in ("partial", "unbalanced"):
+        assert 0 <= metrics["train/untransported_real"] < 1 and 0 <= metrics["train/untransported_generated"] < 1
 
 
 def test_semidiscrete_in_minibatch_mode_is_a_config_error(config):

@@ -27,8 +27,12 @@ class OTDataModule(L.LightningDataModule):
     value_range: tuple[float, float] | None = None  # images: the pixel range; None: not images
 
     def __init__(self, n_train: int | None, n_val: int, seed: int = 0, num_workers: int = 0,
-                 batch_size: int = 256):
+                 batch_size: int = 256, outliers: float = 0.0):
         super().__init__()
+        check(isinstance(outliers, (int, float)) and 0 <= outliers < 1, "outliers", outliers,
+              "a fraction in [0, 1): the share of the training set replaced by outliers")
+        self.outliers = float(outliers)
+        self.outlier_ids: torch.Tensor = torch.zeros(0, dtype=torch.long)
         self.n_train = None if n_train is None else check_positive_int("n_train", n_train)
         self.n_val = check_positive_int("n_val", n_val, minimum=2)
         self.seed = int(seed)
@@ -59,8 +63,28 @@ class OTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set = self._make()
+            self._replace_by_outliers()
 
     def _make(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _replace_by_outliers(self) -> None:
+        """`outliers` of the training set (a seeded random choice, `outlier_ids`) replaced
+        by points far from the data (`_outlier_points`), to test what a matcher does with
+        them; the held-out set stays clean, so the validation figures say what the
+        generator learnt of the data itself. Their labels become -1 (no class)."""
+        count = int(round(self.outliers * len(self.train_set)))
+        if not count:
+            return
+        gen = torch.Generator().manual_seed(self.seed + 7919)
+        self.outlier_ids = torch.randperm(len(self.train_set), generator=gen)[:count].sort().values
+        self.train_set = self.train_set.clone()
+        self.train_set[self.outlier_ids] = self._outlier_points(count, gen).to(self.train_set.dtype)
+        if self.train_labels is not None:
+            self.train_labels = self.train_labels.clone()
+            self.train_labels[self.outlier_ids] = -1
+
+    def _outlier_points(self, count: int, gen: torch.Generator) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- Lightning's loaders and the sampler's position -------------------------------------
@@ -140,12 +164,13 @@ class ToyDataModule(OTDataModule):
     """A 1-D or 2-D synthetic set from `ot_gen.data.toy`, drawn from `seed`.
 
     The training and held-out sets come from disjoint streams of the same seed, so they
-    are independent samples of the same distribution.
+    are independent samples of the same distribution. `outliers`: that share of the
+    training points moved to 4× the data's radius.
     """
 
     def __init__(self, name: str, n_train: int = 10_000, n_val: int = 2000, noise: float = 0.0,
-                 seed: int = 0, num_workers: int = 0, batch_size: int = 256):
-        super().__init__(check_positive_int("n_train", n_train), n_val, seed, num_workers, batch_size)
+                 seed: int = 0, num_workers: int = 0, batch_size: int = 256, outliers: float = 0.0):
+        super().__init__(check_positive_int("n_train", n_train), n_val, seed, num_workers, batch_size, outliers)
         self.name = check_choice("name", name, list(toy.SAMPLERS))
         check(isinstance(noise, (int, float)) and 0 <= noise < float("inf"), "noise", noise, "a number >= 0 (finite)")
         self.noise = float(noise)
@@ -154,3 +179,12 @@ class ToyDataModule(OTDataModule):
         train = toy.sample(self.name, self.n_train, seed=self.seed, stream=0, noise=self.noise)
         val = toy.sample(self.name, self.n_val, seed=self.seed, stream=1, noise=self.noise)
         return torch.from_numpy(train), torch.from_numpy(val)
+
+    OUTLIER_RADIUS = 4.0  # times the farthest training point's distance from the origin
+
+    def _outlier_points(self, count, gen):
+        """Points at 4× the data's radius, in uniformly random directions."""
+        d = self.train_set.shape[1]
+        direction = torch.randn(count, d, generator=gen, dtype=torch.float64)
+        direction /= direction.norm(dim=1, keepdim=True)
+        return direction * self.OUTLIER_RADIUS * self.train_set.norm(dim=1).max().item()

@@ -29,7 +29,8 @@ class ImageDataModule(OTDataModule):
     - `clock`, `wave`, `sine`, `plane`: synthetic families generated from `seed`.
 
     `image_size` resizes (None: native; 28 for the synthetic families); `classes` keeps
-    only those labels; `n_train` takes a random subset of the training split (None: all).
+    only those labels; `n_train` takes a random subset of the training split (None: all);
+    `outliers` replaces that share of the training images by uniform noise (label -1).
     Held-out points come from the test split when there is one, otherwise `n_val` images
     are set aside from the training pool (disjoint from the training subset).
     """
@@ -50,8 +51,9 @@ class ImageDataModule(OTDataModule):
         seed: int = 0,
         num_workers: int = 0,
         batch_size: int = 256,
+        outliers: float = 0.0,
     ):
-        super().__init__(n_train, n_val, seed, num_workers, batch_size)
+        super().__init__(n_train, n_val, seed, num_workers, batch_size, outliers)
         self.source = check_choice("source", source, IMAGE_SOURCES)
         needs_root = source in ("mnist", "fashion_mnist", "cifar10", "image_folder")
         check(root is not None or not needs_root, "root", root, f"a folder with the {source} files")
@@ -118,6 +120,11 @@ class ImageDataModule(OTDataModule):
         if self.image_size is not None and self.image_size != x.shape[-1]:
             x = TF.resize(x, [self.image_size, self.image_size], antialias=True).clamp_(0, 1)
         return x
+
+    def _outlier_points(self, count, gen):
+        """Uniform noise images: every pixel uniform in the value range."""
+        lo, hi = self.value_range
+        return torch.rand(count, *self.train_set.shape[1:], generator=gen) * (hi - lo) + lo
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.value_range

@@ -135,7 +135,9 @@ class ClassifierFrechet(L.Callback):
         if dm is None or dm.train_set.dim() != 4 or getattr(dm, "train_labels", None) is None or dm.val_labels is None:
             return
         device = pl_module.device
-        images, labels = dm.train_set[: self.max_train].to(device), dm.train_labels[: self.max_train]
+        labelled = dm.train_labels >= 0  # data.outliers: noise images carry no class
+        images = dm.train_set[labelled][: self.max_train].to(device)
+        labels = dm.train_labels[labelled][: self.max_train]
         with torch.enable_grad(), torch.inference_mode(False):
             self.model = train_classifier(images, labels, self.steps, seed=self.seed)
         held, held_labels = dm.val_set[: self.n_samples].to(device), dm.val_labels[: self.n_samples]

@@ -5,9 +5,10 @@ from ot_gen.matching.base import Matcher, Matching, identity_pairs
 from ot_gen.matching.entropic import SinkhornMatcher, round_to_assignment
 from ot_gen.matching.nearest import NearestMatcher
 from ot_gen.matching.potential import CriticMatcher, SemiDiscreteMatcher, balance_excess
+from ot_gen.matching.unbalanced import PartialMatcher, UnbalancedMatcher
 
 __all__ = [
-    "CriticMatcher", "ExactMatcher", "Matcher", "Matching", "NearestMatcher",
-    "RandomMatcher", "SemiDiscreteMatcher", "SinkhornMatcher", "balance_excess", "identity_pairs",
-    "round_to_assignment",
+    "CriticMatcher", "ExactMatcher", "Matcher", "Matching", "NearestMatcher", "PartialMatcher",
+    "RandomMatcher", "SemiDiscreteMatcher", "SinkhornMatcher", "UnbalancedMatcher", "balance_excess",
+    "identity_pairs", "round_to_assignment",
 ]
