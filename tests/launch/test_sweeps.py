@@ -50,6 +50,19 @@ def test_a_failed_or_interrupted_job_is_a_row_not_a_crash(tmp_path):
         ("2", "interrupted", "", "the reason of interrupted.txt")]
 
 
+def test_a_sweep_gets_the_columns_its_jobs_logged_beyond_the_fixed_ones(tmp_path):
+    from ot_gen.launch.sweep_summary import collect
+
+    logged = ['{"val/w2": 0.3}', '{"val/w2": 0.2, "train/untransported_real": 0.1}']
+    for i, metrics in enumerate(logged):
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(f"- matcher={['exact', 'partial'][i]}\n")
+        (tmp_path / str(i) / "metrics.json").write_text(metrics)
+    rows = collect(tmp_path)
+    assert [r["train/untransported_real"] for r in rows] == ["", 0.1]
+    assert "val/near_copies" not in rows[0], "no job logged it: no column"
+
+
 TINY = [*FAST, "trainer.max_steps=20", "mode.val_every_rounds=10", "eval.n_generated=500", "callbacks=none"]
 
 

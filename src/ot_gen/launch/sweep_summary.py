@@ -23,6 +23,10 @@ from ot_gen.errors import Interrupted
 log = logging.getLogger(__name__)
 
 COLUMNS = ("val/w2", "val/w2_ratio", "val/energy", "s_per_round", "train/solve_s", "train/dropped", "wall_s")
+# Columns a sweep gets when any of its jobs logged them: image quality beside its
+# memorization figures, and what a partial or unbalanced matcher left untransported.
+WHEN_LOGGED = ("val/frechet_classifier", "val/recall_classifier", "val/train_distance_ratio", "val/near_copies",
+               "train/untransported_real", "train/untransported_generated")
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -35,17 +39,22 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     keys = list(dict.fromkeys(k for c in choices for k in c))
     varying = [k for k in keys if len({c.get(k) for c in choices}) > 1]
     rows = []
-    for job, chosen in zip(jobs, choices):
-        metrics_file = job / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    all_metrics = [_metrics(job) for job in jobs]
+    columns = COLUMNS + tuple(c for c in WHEN_LOGGED if any(c in m for m in all_metrics))
+    for job, chosen, metrics in zip(jobs, choices, all_metrics):
         row = {"job": int(job.name), **{k: chosen.get(k, "") for k in varying}}
         interrupted, failed = job / "interrupted.txt", job / "failed.txt"
         row["status"] = "ok" if metrics else "interrupted" if interrupted.exists() else "failed"
-        row.update({c: metrics.get(c, "") for c in COLUMNS})
+        row.update({c: metrics.get(c, "") for c in columns})
         reason = interrupted if interrupted.exists() else failed
         row["error"] = reason.read_text().strip() if reason.exists() and not metrics else ""
         rows.append(row)
     return rows
+
+
+def _metrics(job: Path) -> dict[str, Any]:
+    path = job / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _overrides(job: Path) -> dict[str, str]:
