@@ -94,9 +94,9 @@ def merged(common: list[str], setting: list[str]) -> list[str]:
 
 
 def quality(metrics: dict) -> str:
-    if "eval/w2" in metrics:
-        return f"W2 {metrics['eval/w2']:.4f} ± {metrics['eval/w2_spread']:.4f}"
-    return f"Fréchet {metrics['val/frechet_classifier']:.2f}, recall {metrics['val/recall_classifier']:.3f}"
+    if "val/frechet_classifier" in metrics:  # images: the classifier's figures
+        return f"Fréchet {metrics['val/frechet_classifier']:.2f}, recall {metrics['val/recall_classifier']:.3f}"
+    return f"W2 {metrics['eval/w2']:.4f} ± {metrics['eval/w2_spread']:.4f}"
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import FAST, ROOT, python_env
+from conftest import FAST, ROOT, SHARED, needs_shared, python_env
 from ot_gen.run.checkpoints import load
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "eval.n_generated=1000", "callbacks=none"]
@@ -36,6 +36,17 @@ def test_oversampled_ddp_solves_one_global_assignment_with_k_per_real(tmp_path):
     runs = [p for p in tmp_path.iterdir()]
     assert runs == [tmp_path / "run"], "one Hydra run dir for both ranks"
     assert not (tmp_path / "run" / "metrics.json.tmp").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+@needs_shared
+def test_a_conditional_ddp_run_solves_one_assignment_per_class(tmp_path):
+    metrics = train(tmp_path, f"paths.data_dir={SHARED}", "data=mnist", "data.download=false", "conditional=true",
+                    "mode=oversampled", "mode.pool_size=100", "mode.k=2", "trainer.max_steps=4",
+                    "mode.val_every_rounds=2")
+    assert metrics["train/reals_in_solve"] == 200 and metrics["train/classes_solved"] == 10
+    assert metrics["train/dropped"] == 0 and metrics["steps"] == 4
 
 
 @pytest.mark.e2e

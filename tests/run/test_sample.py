@@ -143,11 +143,11 @@ def test_a_signal_mid_export_is_one_line_and_leaves_no_partial_file(trained_chec
     previous = out.read_bytes()
     real_sample, calls = OTGenerator.sample, []
 
-    def signalled_at_the_second_batch(self, n):
+    def signalled_at_the_second_batch(self, n, labels=None):
         calls.append(n)
         if len(calls) == 2:
             os.kill(os.getpid(), getattr(signal, signal_name))
-        return real_sample(self, n)
+        return real_sample(self, n, labels)
 
     monkeypatch.setattr(OTGenerator, "sample", signalled_at_the_second_batch)
     # As at a terminal: a shell starts a background job (CI under nohup ... &) with SIGINT ignored.

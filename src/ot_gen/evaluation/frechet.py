@@ -110,7 +110,9 @@ class ClassifierFrechet(L.Callback):
     `max_train` training images, `steps` Adam steps of 64, seed `seed`), then at each validation
     logs `val/frechet_classifier` between `n_samples` generated images (fixed latents
     drawn from their own RNG) and as many held-out images, `val/precision_classifier` and
-    `val/recall_classifier` (k-NN, `k` neighbours) and `val/classifier_accuracy`.
+    `val/recall_classifier` (k-NN, `k` neighbours) and `val/classifier_accuracy`; in a
+    class-conditional run `val/class_match`, the share of samples the classifier puts in
+    the class they were generated for (read against `val/classifier_accuracy`).
     Data without labels (image folders without classes, synthetic families) or not
     images: nothing is logged."""
 
@@ -159,14 +161,16 @@ class ClassifierFrechet(L.Callback):
             return
         self.metric.to(pl_module.device)
         with own_rng(pl_module.device, self.seed):
-            fake = pl_module.sample(self._n_real)
+            z = pl_module.prior.sample(self._n_real)
+            fake = pl_module.generate(z)
         self.metric.reset()  # the generated images' statistics; the held-out ones stay
         self.metric.update(fake, real=False)
         precision, recall = knn_precision_recall(self._real_features.to(pl_module.device),
                                                  self.model.features(fake).double(), self.k)
-        pl_module.log_dict(
-            {"val/frechet_classifier": max(float(self.metric.compute()), 0.0),
-             "val/precision_classifier": precision, "val/recall_classifier": recall,
-             "val/classifier_accuracy": self._accuracy},
-            sync_dist=True,
-        )
+        figures = {"val/frechet_classifier": max(float(self.metric.compute()), 0.0),
+                   "val/precision_classifier": precision, "val/recall_classifier": recall,
+                   "val/classifier_accuracy": self._accuracy}
+        if getattr(pl_module, "conditional", False):  # is each sample of the class it was asked for?
+            asked = pl_module.prior.labels_of(z)
+            figures["val/class_match"] = (self.model(fake).argmax(1) == asked).double().mean().item()
+        pl_module.log_dict(figures, sync_dist=True)

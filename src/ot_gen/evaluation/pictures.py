@@ -68,13 +68,16 @@ def _draws_now(trainer: L.Trainer) -> bool:
     return not trainer.sanity_checking and trainer.is_global_zero
 
 
-def _matched_pairs(pl_module, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _matched_pairs(pl_module, y: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """As many generated points as reals `y`, paired by the run's matcher and matching
     cost; returns (generated, real) row-aligned in the order of the reals. A matcher over
     the whole training set (semidiscrete) pairs them with training points instead of `y`.
+    A class-conditional run generates the reals' classes (`labels`) and pairs within them.
     The module is in eval mode here, so stateful matchers pair without learning."""
-    x = pl_module.sample(len(y))
-    y, match = pl_module.match(x, y, None, each_real=1)
+    conditional = getattr(pl_module, "conditional", False) and labels is not None
+    z = pl_module.prior.sample(len(y), labels.to(y.device)) if conditional else pl_module.prior.sample(len(y))
+    x = pl_module.generate(z)
+    y, match = pl_module.match(x, y, None, each_real=1, z=z, real_labels=labels if conditional else None)
     order = torch.argsort(match.real_idx, stable=True)
     return x[match.gen_idx[order]], y[match.real_idx[order]]
 
@@ -154,12 +157,15 @@ class ImageGrids(L.Callback):
 
     - `images/samples`: a grid of `n_samples` generated images;
     - `images/pairs`: `n_pairs` held-out images (top row) over the generated images the
-      run's matcher pairs them with (bottom row).
+      run's matcher pairs them with (bottom row);
+    - `images/by_class` (class-conditional runs): one row per class, `per_class` samples
+      of it each.
     """
 
-    def __init__(self, n_samples: int = 64, n_pairs: int = 16):
+    def __init__(self, n_samples: int = 64, n_pairs: int = 16, per_class: int = 8):
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.n_pairs = check_positive_int("n_pairs", n_pairs, minimum=2)
+        self.per_class = check_positive_int("per_class", per_class)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         dm = trainer.datamodule
@@ -168,9 +174,19 @@ class ImageGrids(L.Callback):
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         with own_rng(pl_module.device):
             samples = pl_module.sample(self.n_samples)
-            fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device))
+            labels = None if getattr(dm, "val_labels", None) is None else dm.val_labels[: self.n_pairs]
+            fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device), labels)
+            by_class = class_grid(pl_module, self.per_class) if getattr(pl_module, "conditional", False) else None
         log_picture(trainer.loggers, out_dir, "images/samples", _image_grid(dm, samples, int(self.n_samples**0.5)), step)
         log_picture(trainer.loggers, out_dir, "images/pairs", _image_grid(dm, torch.cat([real, fake]), len(real)), step)
+        if by_class is not None:
+            log_picture(trainer.loggers, out_dir, "images/by_class", _image_grid(dm, by_class, self.per_class), step)
+
+
+def class_grid(module, per_class: int) -> torch.Tensor:
+    """`per_class` samples of every class of a class-conditional module, class by class."""
+    labels = torch.arange(module.prior.n_classes, device=module.device).repeat_interleave(per_class)
+    return module.sample(len(labels), labels)
 
 
 class LatentTraversals(L.Callback):
@@ -201,12 +217,17 @@ class LatentTraversals(L.Callback):
         if not _draws_now(trainer) or dm.val_set.dim() != 4:
             return
         prior, device = pl_module.prior, pl_module.device
+        # A class-conditional prior: the traversals move in its base latent, for class 0.
+        conditional = prior if getattr(prior, "base", None) is not None else None
+        with_code = (lambda z: torch.cat([z, conditional.code(torch.zeros(len(z), dtype=torch.long))], 1)) \
+            if conditional is not None else (lambda z: z)  # noqa: E731
+        prior = prior if conditional is None else conditional.base
         centres, scale = prior.centres.to(device), prior.noise_std
         mixture = len(centres) > 1
         centre = centres[0]
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
-        show = lambda z, nrow: _image_grid(dm, pl_module.generator(z), nrow)  # noqa: E731
+        show = lambda z, nrow: _image_grid(dm, pl_module.generator(with_code(z)), nrow)  # noqa: E731
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         # The plane spans the prior's overall spread: its centres' spread and its noise.
         spread = float((centres.var(0).mean() + scale**2).sqrt()) if mixture else scale

@@ -37,9 +37,12 @@ class RoundParts(Protocol):
     def check_finite(self, t: torch.Tensor, what: str) -> None:
         """A NonFiniteError naming `what` when `t` holds NaN/Inf."""
 
+    def latents_for(self, ids: torch.Tensor, per_real: int) -> torch.Tensor:
+        """`per_real` latents for each real of `ids` (of its class, in a class-conditional run)."""
+
     def match(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, each_real: int,
-              diagnostics: bool) -> tuple[torch.Tensor, Matching]:
-        """(the reals matched against, the pairs) on this rank."""
+              diagnostics: bool, z: torch.Tensor) -> tuple[torch.Tensor, Matching]:
+        """(the reals matched against, the pairs) on this rank; `z`: the latents of `x`."""
 
     def match_across_ranks(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                            each_real: int, diagnostics: bool) -> tuple[torch.Tensor, torch.Tensor, Matching]:
@@ -107,9 +110,10 @@ class Minibatch(Mode):
         check_positive_int("val_every_rounds", self.val_every_rounds)
 
     def round(self, module, y, ids, figures_due):
-        x = module.generator(module.prior.sample(self.ratio * len(y)))
+        z = module.latents_for(ids, self.ratio)
+        x = module.generator(z)
         module.check_finite(x, "generated points")
-        y, match = module.match(x, y, ids, each_real=1, diagnostics=figures_due)
+        y, match = module.match(x, y, ids, each_real=1, diagnostics=figures_due, z=z)
         loss = module.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
         module.step(loss)
         return {**match.stats, "loss": loss.detach(), "reals_in_solve": len(y)}
@@ -163,7 +167,7 @@ class Oversampled(Mode):
 
     def round(self, module, y, ids, figures_due):
         k = self.k_at(int(module.rounds))
-        z = module.prior.sample(k * len(y))
+        z = module.latents_for(ids, k)
         x = module.generate(z)
         module.check_finite(x, "generated points")
         z, y, match = module.match_across_ranks(z, x, y, ids, each_real=k, diagnostics=figures_due)

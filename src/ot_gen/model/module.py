@@ -20,10 +20,10 @@ from torch import nn
 from ot_gen.matching.costs import Cost
 from ot_gen.model.ema import GeneratorEMA
 from ot_gen.errors import NonFiniteError
-from ot_gen.matching import Matcher, Matching
+from ot_gen.matching import Matcher, Matching, match_by_class
 from ot_gen.evaluation.metrics import energy_distance, sliced_w2, w2
 from ot_gen.model.modes import Mode
-from ot_gen.model.priors import Prior
+from ot_gen.model.priors import ClassConditionalPrior, Prior
 from ot_gen.rng import own_rng
 
 GENERATE_CHUNK = 8192  # generated points per forward pass when no gradient is needed
@@ -49,6 +49,12 @@ class OTGenerator(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self.w2_floor: float | None = None
+        # A class-conditional run: every training point's class (set at fit start; -1: none).
+        self.register_buffer("real_labels", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    @property
+    def conditional(self) -> bool:
+        return isinstance(self.prior, ClassConditionalPrior)
 
     # -- sampling ------------------------------------------------------------------------
     @torch.no_grad()
@@ -56,16 +62,34 @@ class OTGenerator(L.LightningModule):
         """The generator on latents `z`, without gradient, in chunks."""
         return torch.cat([self.generator(c) for c in z.split(GENERATE_CHUNK)])
 
-    def sample(self, n: int) -> torch.Tensor:
-        return self.generate(self.prior.sample(n))
+    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`n` samples; of the classes `labels` (a class-conditional run), else drawn as
+        the training set's classes are."""
+        return self.generate(self.prior.sample(n) if labels is None else self.prior.sample(n, labels))
+
+    def latents_for(self, ids: torch.Tensor, per_real: int) -> torch.Tensor:
+        """`per_real` latents for each of the reals `ids` (training-set indices): in a
+        class-conditional run, of those reals' classes, so each class has its partners."""
+        n = per_real * len(ids)
+        if not self.conditional:
+            return self.prior.sample(n)
+        return self.prior.sample(n, self.real_labels[ids].clamp_min(0).repeat(per_real))
 
     # -- the parts a round is made of ----------------------------------------------------
     def match(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None, each_real: int,
-              diagnostics: bool = True) -> tuple[torch.Tensor, Matching]:
-        """Pair the generated points `x` with the reals the matcher matches against (the
-        round's reals `y`, or for a matcher over the whole training set, that set), with
-        the matcher's diagnostics when `diagnostics`. Returns (those reals, the pairs)."""
+              diagnostics: bool = True, z: torch.Tensor | None = None,
+              real_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Matching]:
+        """Pair the generated points `x` (from latents `z`) with the reals the matcher
+        matches against (the round's reals `y`, or for a matcher over the whole training
+        set, that set), with the matcher's diagnostics when `diagnostics`. A
+        class-conditional run pairs within each class only: the reals' classes are those
+        of the training points `ids`, or `real_labels` (held-out reals). Returns (those
+        reals, the pairs)."""
         y, ids = self.matcher.targets(y, ids)
+        if self.conditional and z is not None and (ids is not None or real_labels is not None):
+            labels = self.real_labels[ids] if real_labels is None else real_labels
+            return y, match_by_class(self.matcher, x, y, self.match_cost, each_real, ids, self.prior.labels_of(z),
+                                     labels.to(x.device), diagnostics)
         return y, self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=diagnostics)
 
     def match_across_ranks(self, z, x, y, ids, each_real: int, diagnostics: bool = True):
@@ -76,12 +100,11 @@ class OTGenerator(L.LightningModule):
         Returns (latents, reals, this rank's pairs), the first two for all ranks."""
         world, rank = self.trainer.world_size, self.global_rank
         if world == 1:
-            return (z, *self.match(x, y, ids, each_real, diagnostics))
+            return (z, *self.match(x, y, ids, each_real, diagnostics, z))
         gather = lambda t: self.all_gather(t).flatten(0, 1)  # noqa: E731  (W, n, ...) -> (W·n, ...)
         z, x, y, ids = gather(z), gather(x), gather(y), gather(ids)
+        match = self.match(x, y, ids, each_real, diagnostics, z)[1] if rank == 0 else None
         y, ids = self.matcher.targets(y, ids)
-        match = self.matcher(x, y, self.match_cost, each_real, real_ids=ids, diagnostics=diagnostics) \
-            if rank == 0 else None
         gen_idx, real_idx, stats = self.trainer.strategy.broadcast(
             None if match is None else (match.gen_idx.cpu(), match.real_idx.cpu(), match.stats), src=0
         )
@@ -119,7 +142,10 @@ class OTGenerator(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_fit_start(self) -> None:
-        self.matcher.bind(self.trainer.datamodule.train_set)
+        dm = self.trainer.datamodule
+        self.matcher.bind(dm.train_set)
+        if self.conditional:
+            self.real_labels = dm.train_labels.to(self.device)
 
     def on_load_checkpoint(self, checkpoint) -> None:
         """A checkpoint written with the generator's EMA (`ot_gen.model.ema`) holds the average in

@@ -93,3 +93,40 @@ class MixedPrior(Prior):
             coins = torch.randint(0, 2, (n, self.bool_dims), device=z.device)
             z[:, self.dim - self.bool_dims :] += coins.to(z.dtype)
         return z
+
+
+class ClassConditionalPrior(Prior):
+    """A class code beside another prior's latent: z = (z_base, one-hot(class)), so the
+    generator, a network of `base.dim + n_classes` inputs, is told which class to make.
+
+    `sample(n)` draws the classes by the training set's class frequencies (`class_probs`,
+    a buffer, so a checkpoint samples as training did): the unconditional samples that the
+    validation figures score. `sample(n, labels)` makes the given classes; `labels_of(z)`
+    reads them back. `centres` and `noise_std` are the base prior's, with the code of
+    class 0: the latent pictures need a point of the space, not every class."""
+
+    def __init__(self, base: Prior, class_probs: torch.Tensor):
+        n_classes = len(class_probs)
+        super().__init__(base.dim + check_positive_int("n_classes", n_classes))
+        check(bool((class_probs >= 0).all()) and float(class_probs.sum()) > 0, "class_probs", class_probs.tolist(),
+              "non-negative class frequencies")
+        self.base, self.n_classes = base, n_classes
+        self.register_buffer("class_probs", class_probs.double() / class_probs.sum())
+        self.noise_std = base.noise_std
+
+    @property
+    def centres(self) -> torch.Tensor:
+        return torch.cat([self.base.centres, self.code(torch.zeros(len(self.base.centres), dtype=torch.long))], 1)
+
+    def code(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels.to(self._anchor.device), self.n_classes).float()
+
+    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            labels = torch.multinomial(self.class_probs, n, replacement=True)
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} latents")
+        return torch.cat([self.base.sample(n), self.code(labels)], 1)
+
+    def labels_of(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, self.base.dim:].argmax(1)

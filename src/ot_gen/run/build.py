@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,7 @@ from ot_gen.matching import Matcher
 from ot_gen.matching.costs import Cost
 from ot_gen.model.modes import Mode
 from ot_gen.model.module import OTGenerator
+from ot_gen.model.priors import ClassConditionalPrior, Prior
 from ot_gen.run import checkpoints, run_record
 from ot_gen.run.config_checks import (
     LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_missing, check_resume_config, check_top_level,
@@ -104,7 +106,9 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGe
     prior = instantiate_group("prior", cfg.prior)
     in_dim = cfg.network.get("in_dim", prior.dim)
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
-    generator = instantiate_group("network", cfg.network, out_shape=data.shape)
+    if cfg.get("conditional", False):
+        prior = _class_conditional(cfg, prior, data)
+    generator = instantiate_group("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
     cost, match_cost = _costs(cfg)
     matcher = _matcher(cfg, mode, data)
     optimizer = instantiate_group("optimizer", cfg.optimizer)
@@ -118,6 +122,18 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGe
         check(eta_min <= lr, "scheduler.eta_min", eta_min,
               f"at most optimizer.lr={lr} (the cosine decays from the rate to eta_min; above it, it climbs)")
     return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
+
+
+def _class_conditional(cfg: DictConfig, prior: Prior, data: run_record.DataInfo) -> ClassConditionalPrior:
+    """`conditional=true`: the class code beside the prior's latent (the network takes
+    prior.dim + classes inputs), classes drawn by the training set's counts."""
+    check(data.class_counts is not None, "conditional", True,
+          "false for data without class labels; a class-conditional run needs labelled data "
+          "(data=mnist, fashion_mnist or cifar10)")
+    matcher = str(cfg.matcher.get("_target_", "")).rsplit(".", 1)[-1]
+    check(matcher != "SemiDiscreteMatcher", "conditional", True,
+          "false with matcher=semidiscrete (its potential lives over the whole training set, not per class)")
+    return ClassConditionalPrior(prior, torch.tensor(data.class_counts, dtype=torch.float64))
 
 
 def _instantiate_all(group: str, nodes: DictConfig | None, **kwargs_by_name: dict[str, Any]) -> list[Any]:

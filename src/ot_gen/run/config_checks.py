@@ -27,6 +27,8 @@ RESUME_MAY_CHANGE = (
     "optimized_metric", "val_samples", "mode.val_every_rounds", "scheduler.T_max",
     "data.root", "data.cache_dir", "data.download", "data.num_workers", "data.n_val", "data.on_bad_file",
 )
+# Keys added to the config after checkpoints were written: their value in those runs.
+ADDED_SINCE = {"conditional": False, "data.outliers": 0.0}
 RESUME_MUST_KEEP = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision")
 
 
@@ -240,6 +242,7 @@ def check_top_level(cfg: DictConfig) -> None:
                          ("w1_reals", 0)):
         check_positive_int(f"eval.{key}", cfg.eval[key], minimum)
     check(isinstance(cfg.get("overwrite", False), bool), "overwrite", cfg.get("overwrite"), "true or false")
+    check(isinstance(cfg.get("conditional", False), bool), "conditional", cfg.get("conditional"), "true or false")
 
 
 def check_resume_config(saved: dict[str, Any], now: dict[str, Any], ckpt_path: str) -> None:
@@ -247,6 +250,7 @@ def check_resume_config(saved: dict[str, Any], now: dict[str, Any], ckpt_path: s
     is trained (data, prior, network, matcher, cost, mode, optimizer, scheduler, seed)
     must equal the checkpoint's. Names every key that differs, with both values."""
     old, new = dict(leaves(_comparable(saved))), dict(leaves(_comparable(now)))
+    old = {**ADDED_SINCE, **old}  # a checkpoint from before a key existed ran as its default does
     differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "<unset>") != new.get(k, "<unset>")
               and (k.startswith(RESUME_MUST_KEEP) or not k.startswith(RESUME_MAY_CHANGE))]
     if differ:

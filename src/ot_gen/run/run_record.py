@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ot_gen import rng
@@ -21,23 +22,29 @@ KEY = "ot_gen"
 @dataclass(frozen=True)
 class DataInfo:
     """What the parts of a run need to know of its data: the shape of one point, the size
-    of the training set (per-real matcher state) and the pixel range of images (None for
-    other data)."""
+    of the training set (per-real matcher state), the pixel range of images (None for
+    other data) and, when it has labels, how many training points each class has (a
+    class-conditional run's prior draws classes by these counts)."""
 
     shape: tuple[int, ...]
     n_train: int
     value_range: tuple[float, float] | None = None
+    class_counts: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, data) -> "DataInfo":
         """From a data module that has been set up."""
         value_range = None if data.value_range is None else tuple(float(v) for v in data.value_range)
-        return cls(tuple(data.data_shape), len(data.train_set), value_range)
+        labels = getattr(data, "train_labels", None)
+        counts = None if labels is None or not bool((labels >= 0).any()) \
+            else tuple(int(c) for c in torch.bincount(labels[labels >= 0]))  # -1: an outlier, no class
+        return cls(tuple(data.data_shape), len(data.train_set), value_range, counts)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
-        value_range = d.get("value_range")
-        return cls(tuple(d["shape"]), int(d["n_train"]), None if value_range is None else tuple(value_range))
+        value_range, counts = d.get("value_range"), d.get("class_counts")
+        return cls(tuple(d["shape"]), int(d["n_train"]), None if value_range is None else tuple(value_range),
+                   None if counts is None else tuple(int(c) for c in counts))
 
 
 @dataclass(frozen=True)

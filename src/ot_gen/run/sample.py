@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, OTGenError, check, check_choice, check_positive_int
+from ot_gen.evaluation.pictures import class_grid
 from ot_gen.model.module import OTGenerator
 from ot_gen.run import checkpoints, run_record
 from ot_gen.run.build import build_module
@@ -47,13 +48,19 @@ def _partial(path: Path) -> Path:
 
 @torch.no_grad()
 def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cpu", seed: int = 0,
-                  png=None) -> np.ndarray:
+                  png=None, label: int | None = None) -> np.ndarray:
     """Write the samples to `out` (and the picture of the first ones to `png`), each first
     under a `.partial` name, its whole size reserved on disk before any sample is
     generated, then renamed into place: a failure (a full disk, a signal) leaves no
     truncated output, and an existing file is replaced only by a complete one. Returns the
-    array, memory-mapped."""
+    array, memory-mapped. `label`: samples of that class only (a class-conditional run);
+    without it such a run's picture shows one row per class."""
     module, data = load_module(ckpt_path, device)
+    if label is not None:
+        check(module.conditional, "class", label, "null: this checkpoint's run was not class-conditional")
+        n_classes = module.prior.n_classes
+        check(isinstance(label, int) and 0 <= label < n_classes, "class", label,
+              f"a class of the run's data: an integer in [0, {n_classes})")
     torch.manual_seed(seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +70,8 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
         with open(tmp, "r+b") as f:  # a sparse file would fail later, mid-write, with SIGBUS
             os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
         for start in range(0, n, batch):
-            x = module.sample(min(batch, n - start))
+            size = min(batch, n - start)
+            x = module.sample(size, None if label is None else torch.full((size,), label, device=device))
             if data.value_range is not None:
                 x = x.clamp(*data.value_range)
             array[start : start + len(x)] = x.float().cpu().numpy()
@@ -77,7 +85,11 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
         png = Path(png)
         try:
             png.parent.mkdir(parents=True, exist_ok=True)
-            _picture(torch.from_numpy(np.array(array[:1000])), data, _partial(png))
+            shown, count = torch.from_numpy(np.array(array[:1000])), 64
+            if module.conditional and label is None and len(data.shape) == 3:
+                shown = class_grid(module, 8).float().cpu()  # one row of 8 per class
+                count = len(shown)
+            _picture(shown, data, _partial(png), count)
             os.replace(_partial(png), png)
         except OSError as e:
             raise PictureNotWritten(e.errno, e.strerror or str(e)) from e
@@ -90,12 +102,12 @@ class PictureNotWritten(OSError):
     """The samples were written; their picture (`png=`) could not be."""
 
 
-def _picture(x: torch.Tensor, data: run_record.DataInfo, path: Path) -> None:
+def _picture(x: torch.Tensor, data: run_record.DataInfo, path: Path, count: int = 64) -> None:
     if x.dim() == 4:
         from torchvision.utils import save_image
 
         lo, hi = data.value_range
-        save_image((x[:64] - lo) / (hi - lo), path, nrow=8, pad_value=1.0)
+        save_image((x[:count] - lo) / (hi - lo), path, nrow=8, pad_value=1.0)
         return
     from matplotlib.figure import Figure
 
@@ -131,7 +143,7 @@ def sample(cfg: DictConfig) -> int:
             check(not (Path(path).exists() and Path(path).resolve() == ckpt.resolve()), key, path,
                   "a file other than the checkpoint it reads")
         with _sigterm_as_interrupt():
-            array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png)
+            array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png, cfg.get("class"))
     except OTGenError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
