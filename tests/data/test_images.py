@@ -305,3 +305,21 @@ def test_outliers_replace_a_seeded_share_of_the_training_images_by_noise_and_kee
     assert noise.min() >= -1 and noise.max() <= 1 and noise.std() > 0.5  # uniform in [-1, 1]: std 0.58
     with pytest.raises(ConfigError, match=r"outliers=1.5 is not allowed: a fraction in \[0, 1\)"):
         datamodule("clock", tmp_path, outliers=1.5)
+
+
+def test_an_image_folder_of_class_subfolders_is_labelled_by_subfolder(tmp_path, config):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for name, count in (("cats", 4), ("dogs", 3)):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "pets" / name / f"{i}.png")
+    dm = datamodule("image_folder", tmp_path, root=str(tmp_path / "pets"), image_size=16, n_val=2)
+    labels = torch.cat([dm.train_labels, dm.val_labels])
+    assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1]  # cats, then dogs: sorted subfolder names
+    flat = datamodule("image_folder", tmp_path, root=str(write_folder(tmp_path / "flat")), n_val=2)
+    assert flat.train_labels is None, "images directly under the root: no classes"
+    module = build(config("data=image_folder", f"data.root={tmp_path / 'pets'}", "val_samples=2", "data.n_train=null",
+                          "mode.batch_size=4", "conditional=true"))[0]
+    assert module.prior.n_classes == 2

@@ -249,7 +249,8 @@ def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, OSError]]]:
 
 def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: str) -> Splits:
     """Every image file under `root` (recursively, any format PIL reads), converted to
-    `channels` (1: grayscale, 3: RGB) and resized to image_size × image_size.
+    `channels` (1: grayscale, 3: RGB) and resized to image_size × image_size; labelled by
+    first-level subfolder when every image is in one (`_folder_labels`).
     An unreadable file is named in the log and skipped (`on_bad_file=skip`) or is an error."""
     if not root.is_dir():
         raise DataFileError(f"image_folder: data.root={root} is not a folder")
@@ -264,12 +265,13 @@ def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: s
         raise DataFileError(f"image_folder: no image files ({', '.join(IMG_EXTENSIONS)}) under "
                             f"data.root={root}{unreadable}")
     mode = {1: "L", 3: "RGB"}[channels]
-    images, skipped = [], []
+    images, skipped, read = [], [], []
     for path in files:
         try:
             with Image.open(path) as img:
                 img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BICUBIC)
                 images.append(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels))
+                read.append(path)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             if on_bad_file == "fail":
@@ -282,4 +284,16 @@ def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: s
     if skipped:
         log.warning("image_folder: skipped %d unreadable file(s) of %d", len(skipped), len(files))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return {"train": (x, None)}
+    return {"train": (x, _folder_labels(root, read))}
+
+
+def _folder_labels(root: Path, paths: list[Path]) -> torch.Tensor | None:
+    """torchvision's ImageFolder convention: when every image lies in a subfolder of
+    `root`, its class is the index of that first-level subfolder in sorted order; images
+    directly under `root` mean the folder has no classes (None)."""
+    tops = [p.relative_to(root).parts for p in paths]
+    if any(len(parts) < 2 for parts in tops):
+        return None
+    classes = sorted({parts[0] for parts in tops})
+    log.info("image_folder: %d classes from the subfolders of %s: %s", len(classes), root, ", ".join(classes))
+    return torch.tensor([classes.index(parts[0]) for parts in tops], dtype=torch.long)

@@ -129,7 +129,7 @@ def _class_conditional(cfg: DictConfig, prior: Prior, data: run_record.DataInfo)
     prior.dim + classes inputs), classes drawn by the training set's counts."""
     check(data.class_counts is not None, "conditional", True,
           "false for data without class labels; a class-conditional run needs labelled data "
-          "(data=mnist, fashion_mnist or cifar10)")
+          "(data=mnist, fashion_mnist, cifar10, or image_folder with class subfolders)")
     matcher = str(cfg.matcher.get("_target_", "")).rsplit(".", 1)[-1]
     check(matcher != "SemiDiscreteMatcher", "conditional", True,
           "false with matcher=semidiscrete (its potential lives over the whole training set, not per class)")
