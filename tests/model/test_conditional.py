@@ -62,6 +62,15 @@ def test_conditional_needs_labelled_data(config):
         build(config("conditional=true"))
 
 
+def test_conditional_refuses_a_matcher_over_the_whole_training_set(config, tmp_path):
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "c10")
+    with pytest.raises(ConfigError, match=r"conditional=True is not allowed: false with matcher=semidiscrete"):
+        build(config("data=cifar10", f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null",
+                     "mode=oversampled", "mode.pool_size=8", "matcher=semidiscrete", "conditional=true"))
+
+
 MNIST = [f"paths.data_dir={SHARED}", "data=mnist", "data.download=false", "data.n_train=1000", "val_samples=200",
          "eval.n_heldout=200", "eval.n_generated=1000", "conditional=true", "logger=csv",
          "callbacks.frechet_classifier.steps=100", "callbacks.memorization=null"]

@@ -46,7 +46,28 @@ def round_to_assignment(score: torch.Tensor, capacity: torch.Tensor) -> torch.Te
     return partner
 
 
-class SinkhornMatcher(Matcher):
+class IterativeSolve:
+    """What an iterative matcher (`sinkhorn`, `unbalanced`) does when its solve stops at
+    `num_itermax` first: an error (`on_not_converged=error`), or one warning per run and
+    the plan as it stands (`warn`), its figure `<name>_converged` then 0."""
+
+    name: str
+    reg: float
+    num_itermax: int
+    on_not_converged: str
+    _warned: bool
+
+    def _not_converged(self, used: str) -> None:
+        message = (f"matcher {self.name}: no convergence in matcher.num_itermax={self.num_itermax} "
+                   f"iterations at matcher.reg={self.reg}")
+        if self.on_not_converged == "error":
+            raise SolverError(message + "; raise either")
+        if not self._warned:
+            log.warning("%s; using %s (logged as train/%s_converged=0)", message, used, self.name)
+            self._warned = True
+
+
+class SinkhornMatcher(IterativeSolve, Matcher):
     """Entropic OT between the generated points (mass 1 each) and the reals (mass
     `each_real` each, plus a zero-cost dummy real for spare generated points), solved by
     POT's log-domain Sinkhorn on the tensors' own device (GPU when the data is there).
@@ -84,13 +105,7 @@ class SinkhornMatcher(Matcher):
         if not torch.isfinite(info["log_u"]).all() or not torch.isfinite(info["log_v"]).all():
             raise SolverError(f"matcher sinkhorn: the potentials overflowed; raise matcher.reg (now {self.reg})")
         if not converged:
-            message = (f"matcher sinkhorn: no convergence in matcher.num_itermax={self.num_itermax} "
-                       f"iterations at matcher.reg={self.reg}")
-            if self.on_not_converged == "error":
-                raise SolverError(message + "; raise either")
-            if not self._warned:
-                log.warning("%s; using the rounded plan (logged as train/sinkhorn_converged=0)", message)
-                self._warned = True
+            self._not_converged("the rounded plan")
         log_plan = info["log_u"][:, None] - C / self.reg + info["log_v"][None, :]
         partner = round_to_assignment(log_plan, capacity)
         rows = torch.nonzero(partner < n).squeeze(1)

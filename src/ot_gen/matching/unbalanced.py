@@ -1,5 +1,6 @@
 """Matchers that may leave mass untransported: partial OT (exact, a fixed fraction of the
-mass) and unbalanced OT (entropic, KL-relaxed marginals), both solved by POT.
+mass; solved by POT) and unbalanced OT (entropic, KL-relaxed marginals; POT's problem,
+solved here in the log domain, see `unbalanced_sinkhorn_log`).
 
 The exact matchers make every real take exactly k partners, so an outlier, or a mode the
 generator has not reached yet, pulls generated points across the space. These two let the
@@ -11,7 +12,6 @@ mass), next to the partner counts every matcher reports (`dropped`, `generated_u
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
@@ -20,9 +20,7 @@ import torch
 
 from ot_gen.errors import SolverError, check, check_choice, check_positive, check_positive_int
 from ot_gen.matching.base import Matcher
-
-log = logging.getLogger(__name__)
-
+from ot_gen.matching.entropic import IterativeSolve
 
 def untransported(plan: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     """The share of each side's mass the plan leaves out (mass sent beyond a point's own,
@@ -115,7 +113,7 @@ def unbalanced_sinkhorn_log(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r
     return plan, iters, eps == reg and moved <= stop_thr * reg
 
 
-class UnbalancedMatcher(Matcher):
+class UnbalancedMatcher(IterativeSolve, Matcher):
     """Unbalanced entropic OT, the problem of `ot.unbalanced.sinkhorn_unbalanced`:
     generated points of mass 1/m, reals of `each_real`/m, the marginals relaxed by KL
     divergences of weight `reg_m`, the plan smoothed by entropy of weight `reg`; both in
@@ -157,13 +155,7 @@ class UnbalancedMatcher(Matcher):
         if not torch.isfinite(plan).all():
             raise SolverError(f"matcher unbalanced: the plan overflowed; raise matcher.reg (now {self.reg})")
         if not converged:
-            message = (f"matcher unbalanced: no convergence in matcher.num_itermax={self.num_itermax} iterations "
-                       f"at matcher.reg={self.reg}")
-            if self.on_not_converged == "error":
-                raise SolverError(message + "; raise either")
-            if not self._warned:
-                log.warning("%s; using the plan as it stands (logged as train/unbalanced_converged=0)", message)
-                self._warned = True
+            self._not_converged("the plan as it stands")
         sent = plan.sum(1)
         gen = torch.nonzero(sent >= self.keep * sent.max()).squeeze(1)
         real = plan[gen].argmax(1)

@@ -103,8 +103,10 @@ class OTGenerator(L.LightningModule):
             return (z, *self.match(x, y, ids, each_real, diagnostics, z))
         gather = lambda t: self.all_gather(t).flatten(0, 1)  # noqa: E731  (W, n, ...) -> (W·n, ...)
         z, x, y, ids = gather(z), gather(x), gather(y), gather(ids)
-        match = self.match(x, y, ids, each_real, diagnostics, z)[1] if rank == 0 else None
-        y, ids = self.matcher.targets(y, ids)
+        if rank == 0:
+            y, match = self.match(x, y, ids, each_real, diagnostics, z)
+        else:
+            y, match = self.matcher.targets(y, ids)[0], None
         gen_idx, real_idx, stats = self.trainer.strategy.broadcast(
             None if match is None else (match.gen_idx.cpu(), match.real_idx.cpu(), match.stats), src=0
         )

@@ -130,9 +130,9 @@ def _class_conditional(cfg: DictConfig, prior: Prior, data: run_record.DataInfo)
     check(data.class_counts is not None, "conditional", True,
           "false for data without class labels; a class-conditional run needs labelled data "
           "(data=mnist, fashion_mnist, cifar10, or image_folder with class subfolders)")
-    matcher = str(cfg.matcher.get("_target_", "")).rsplit(".", 1)[-1]
-    check(matcher != "SemiDiscreteMatcher", "conditional", True,
-          "false with matcher=semidiscrete (its potential lives over the whole training set, not per class)")
+    matcher = target_of("matcher", cfg.matcher)
+    check(matcher.targets is Matcher.targets, "conditional", True,
+          f"false with matcher={matcher.name} (it matches against the whole training set, not per class)")
     return ClassConditionalPrior(prior, torch.tensor(data.class_counts, dtype=torch.float64))
 
 
