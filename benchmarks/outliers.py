@@ -94,8 +94,10 @@ def merged(common: list[str], setting: list[str]) -> list[str]:
 
 
 def quality(metrics: dict) -> str:
-    if "val/frechet_classifier" in metrics:  # images: the classifier's figures
-        return f"Fréchet {metrics['val/frechet_classifier']:.2f}, recall {metrics['val/recall_classifier']:.3f}"
+    if "val/frechet_classifier" in metrics:  # images: the classifier's figures, with the memorization ones
+        return (f"Fréchet {metrics['val/frechet_classifier']:.2f}, recall {metrics['val/recall_classifier']:.3f}; "
+                f"train distance ratio {metrics.get('val/train_distance_ratio', float('nan')):.3f}, "
+                f"near copies {metrics.get('val/near_copies', float('nan')):.3f}")
     return f"W2 {metrics['eval/w2']:.4f} ± {metrics['eval/w2_spread']:.4f}"
 
 
