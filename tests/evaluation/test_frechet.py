@@ -39,3 +39,36 @@ def test_the_classifier_learns_and_leaves_the_global_rng_alone():
     with torch.no_grad():
         assert (model(images).argmax(1) == labels).float().mean() > 0.95
         assert model.features(images).shape == (256, 64)
+
+
+def test_class_imbalance_is_zero_for_the_held_out_mix_and_the_missing_share_without_a_class():
+    """`val/class_imbalance` of samples that ARE the held-out images is 0; of samples that
+    are only class-1 images, the share the classifier gives class 0 among held-out ones."""
+    from types import SimpleNamespace
+
+    from ot_gen.evaluation.frechet import ClassifierFrechet
+
+    gen = torch.Generator().manual_seed(0)
+
+    def images(n):
+        labels = torch.randint(2, (n,), generator=gen)
+        x = torch.rand(n, 1, 12, 12, generator=gen) * 0.3
+        x[labels == 1, :, :6] += 0.7
+        return x, labels
+
+    (train, train_labels), (held, held_labels) = images(256), images(200)
+    data = SimpleNamespace(train_set=train, train_labels=train_labels, val_set=held, val_labels=held_labels)
+    trainer = SimpleNamespace(datamodule=data, sanity_checking=False)
+
+    def figures_for(source):
+        logged = {}
+        module = SimpleNamespace(device=torch.device("cpu"), prior=SimpleNamespace(sample=torch.arange),
+                                 generate=lambda z: source[z % len(source)], log_dict=lambda d, **_: logged.update(d))
+        callback.on_validation_epoch_end(trainer, module)
+        return logged
+
+    callback = ClassifierFrechet(n_samples=200, steps=80)
+    assert figures_for(held)["val/class_imbalance"] == 0.0
+    predicted = callback.model(held).argmax(1)
+    ones = held[predicted == 1]
+    assert figures_for(ones)["val/class_imbalance"] == pytest.approx((predicted == 0).double().mean().item())

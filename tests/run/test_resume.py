@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -23,14 +24,19 @@ def test_resumed_run_continues_the_same_wandb_run(config, tmp_path):
     assert resumed.name.endswith(run_id), "`wandb sync` uploads it into the first run"
 
 
-def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(config, tmp_path):
-    """2000 reals in batches of 256 is 7 rounds per epoch: stop after 14, resume to 28."""
-    straight = config(*MINI, "trainer.max_steps=28")
+ADAPTIVE = ["prior=gmm_adaptive", "prior.respawn_below=0.1", "mode.ratio=2"]
+
+
+@pytest.mark.parametrize("prior", [[], ADAPTIVE], ids=["default", "adaptive mixture"])
+def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(config, tmp_path, prior):
+    """2000 reals in batches of 256 is 7 rounds per epoch: stop after 14, resume to 28. An
+    adaptive prior's weights, sigmas and respawned centres go on bit for bit too."""
+    straight = config(*MINI, *prior, "trainer.max_steps=28")
     run(straight)
-    first = config(*MINI)
+    first = config(*MINI, *prior)
     run(first)
     ckpt = ROOT / first.paths.output_dir / "checkpoints" / "last.ckpt"
-    resumed = config(*MINI, "trainer.max_steps=28", f"ckpt_path={ckpt}")
+    resumed = config(*MINI, *prior, "trainer.max_steps=28", f"ckpt_path={ckpt}")
     run(resumed)
     a = json.loads((ROOT / straight.paths.output_dir / "metrics.json").read_text())
     b = json.loads((ROOT / resumed.paths.output_dir / "metrics.json").read_text())
@@ -48,4 +54,8 @@ def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(config, tm
         else:
             assert torch.equal(value, other), name
     assert torch.equal(state_a["ot_gen"]["rng_states"]["torch"], state_b["ot_gen"]["rng_states"]["torch"])
+    if prior:  # the prior did adapt: the comparison above covered a moving state
+        weights = state_a["state_dict"]["prior.weights"]
+        assert not torch.allclose(weights, torch.full_like(weights, 1 / len(weights)))
+        assert int(state_a["state_dict"]["prior.respawned"]) > 0
     assert state_a["ToyDataModule"] == state_b["ToyDataModule"] == {"rounds_served": 28}

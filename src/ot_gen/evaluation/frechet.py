@@ -35,7 +35,7 @@ class SmallClassifier(nn.Module):
 
     def __init__(self, channels: int, n_classes: int, features: int = 64):
         super().__init__()
-        self.num_features = features
+        self.num_features, self.n_classes = features, n_classes
         self.body = nn.Sequential(
             nn.Conv2d(channels, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, features), nn.ReLU(),
@@ -105,12 +105,20 @@ def image_scores(model: SmallClassifier, real: torch.Tensor, fake: torch.Tensor,
             "precision": precision, "recall": recall}
 
 
+def class_shares(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The share of each class among `labels`."""
+    return torch.bincount(labels, minlength=n_classes).double() / max(len(labels), 1)
+
+
 class ClassifierFrechet(L.Callback):
     """Image data with labels: trains the classifier at the first validation (on at most
     `max_train` training images, `steps` Adam steps of 64, seed `seed`), then at each validation
     logs `val/frechet_classifier` between `n_samples` generated images (fixed latents
     drawn from their own RNG) and as many held-out images, `val/precision_classifier` and
-    `val/recall_classifier` (k-NN, `k` neighbours) and `val/classifier_accuracy`; in a
+    `val/recall_classifier` (k-NN, `k` neighbours), `val/classifier_accuracy` and
+    `val/class_imbalance` (the total-variation distance between the classes the classifier
+    sees in the samples and in the held-out images: 0 when the samples have the held-out
+    set's class shares, 1 when they share no class); in a
     class-conditional run `val/class_match`, the share of samples the classifier puts in
     the class they were generated for (read against `val/classifier_accuracy`).
     Data without labels (image folders without classes, synthetic families) or not
@@ -127,6 +135,7 @@ class ClassifierFrechet(L.Callback):
         self._n_real = 0
         self._real_features: torch.Tensor | None = None
         self._accuracy = 0.0
+        self._real_classes: torch.Tensor | None = None  # the held-out images' class shares, by the classifier
         self._prepared = False
 
     def _prepare(self, trainer: L.Trainer, pl_module) -> None:
@@ -145,7 +154,9 @@ class ClassifierFrechet(L.Callback):
         held, held_labels = dm.val_set[: self.n_samples].to(device), dm.val_labels[: self.n_samples]
         self.metric = frechet_metric(self.model.body, self.model.num_features).to(device)
         with torch.no_grad():
-            self._accuracy = (self.model(held).argmax(1).cpu() == held_labels).double().mean().item()
+            predicted = self.model(held).argmax(1).cpu()
+            self._accuracy = (predicted == held_labels).double().mean().item()
+            self._real_classes = class_shares(predicted, self.model.n_classes)
             self.metric.update(held, real=True)
             self._real_features = self.model.features(held).double()
         self._n_real = len(held)
@@ -170,7 +181,10 @@ class ClassifierFrechet(L.Callback):
         figures = {"val/frechet_classifier": max(float(self.metric.compute()), 0.0),
                    "val/precision_classifier": precision, "val/recall_classifier": recall,
                    "val/classifier_accuracy": self._accuracy}
+        predicted = self.model(fake).argmax(1)
+        figures["val/class_imbalance"] = 0.5 * float(
+            (class_shares(predicted.cpu(), self.model.n_classes) - self._real_classes).abs().sum())
         if getattr(pl_module, "conditional", False):  # is each sample of the class it was asked for?
             asked = pl_module.prior.labels_of(z)
-            figures["val/class_match"] = (self.model(fake).argmax(1) == asked).double().mean().item()
+            figures["val/class_match"] = (predicted == asked).double().mean().item()
         pl_module.log_dict(figures, sync_dist=True)

@@ -45,8 +45,13 @@ class RoundParts(Protocol):
         """(the reals matched against, the pairs) on this rank; `z`: the latents of `x`."""
 
     def match_across_ranks(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                           each_real: int, diagnostics: bool) -> tuple[torch.Tensor, torch.Tensor, Matching]:
-        """(every rank's latents, every rank's reals, this rank's pairs): one assignment."""
+                           each_real: int, diagnostics: bool
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Matching]:
+        """(every rank's latents, generated points and reals, this rank's pairs): one assignment."""
+
+    def adapt_prior(self, drawn: torch.Tensor, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """An adaptive prior's update from this rank's drawn latents and pairs (latent,
+        generated, partner); its figures."""
 
     def step(self, loss: torch.Tensor) -> None:
         """One optimizer (and scheduler) step on `loss`."""
@@ -116,7 +121,8 @@ class Minibatch(Mode):
         y, match = module.match(x, y, ids, each_real=1, diagnostics=figures_due, z=z)
         loss = module.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
         module.step(loss)
-        return {**match.stats, "loss": loss.detach(), "reals_in_solve": len(y)}
+        prior = module.adapt_prior(z, z[match.gen_idx], x.detach()[match.gen_idx], y[match.real_idx])
+        return {**match.stats, **prior, "loss": loss.detach(), "reals_in_solve": len(y)}
 
 
 @dataclass
@@ -167,11 +173,12 @@ class Oversampled(Mode):
 
     def round(self, module, y, ids, figures_due):
         k = self.k_at(int(module.rounds))
-        z = module.latents_for(ids, k)
-        x = module.generate(z)
+        drawn = module.latents_for(ids, k)
+        x = module.generate(drawn)
         module.check_finite(x, "generated points")
-        z, y, match = module.match_across_ranks(z, x, y, ids, each_real=k, diagnostics=figures_due)
+        z, x, y, match = module.match_across_ranks(drawn, x, y, ids, each_real=k, diagnostics=figures_due)
         z_pairs, y_pairs = z[match.gen_idx], y[match.real_idx]
+        prior = module.adapt_prior(drawn, z_pairs, x[match.gen_idx], y_pairs)  # before the fit: the round's pairs
         for _ in range(self.fit_epochs):
             losses = []  # train/loss: the mean over the round's last pass
             order = torch.randperm(len(z_pairs), device=z_pairs.device)
@@ -179,4 +186,4 @@ class Oversampled(Mode):
                 loss = module.cost.paired(module.generator(z_pairs[idx]), y_pairs[idx]).mean()
                 module.step(loss)
                 losses.append(loss.detach())
-        return {**match.stats, "loss": torch.stack(losses).mean(), "k": k, "reals_in_solve": len(y)}
+        return {**match.stats, **prior, "loss": torch.stack(losses).mean(), "k": k, "reals_in_solve": len(y)}

@@ -97,10 +97,11 @@ class OTGenerator(L.LightningModule):
         rank's generated points and reals, solved on rank zero and broadcast; each rank
         then regresses on an equal share of the global pairs (pairs r, r + W, r + 2W, ...),
         so every real still receives exactly k partners whatever the number of ranks.
-        Returns (latents, reals, this rank's pairs), the first two for all ranks."""
+        Returns (latents, generated points, reals, this rank's pairs), the first three for
+        all ranks."""
         world, rank = self.trainer.world_size, self.global_rank
         if world == 1:
-            return (z, *self.match(x, y, ids, each_real, diagnostics, z))
+            return (z, x, *self.match(x, y, ids, each_real, diagnostics, z))
         gather = lambda t: self.all_gather(t).flatten(0, 1)  # noqa: E731  (W, n, ...) -> (W·n, ...)
         z, x, y, ids = gather(z), gather(x), gather(y), gather(ids)
         if rank == 0:
@@ -112,7 +113,19 @@ class OTGenerator(L.LightningModule):
         )
         share = len(gen_idx) // world  # equal shares keep the ranks' optimizer steps in lockstep
         mine = torch.arange(rank, share * world, world)
-        return z, y, Matching(gen_idx[mine].to(z.device), real_idx[mine].to(z.device), stats)
+        return z, x, y, Matching(gen_idx[mine].to(z.device), real_idx[mine].to(z.device), stats)
+
+    def adapt_prior(self, drawn: torch.Tensor, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """An adaptive prior's re-estimation after a round (`Prior.adapt`), from the latents
+        this rank drew (`drawn`) and its pairs (latent `z`, generated `x`, partner `y`); the
+        statistics are summed over the ranks first, so every rank's prior stays the same.
+        Returns the prior's figures ({} for a fixed prior)."""
+        if not self.prior.adaptive:
+            return {}
+        stats = self.prior.round_statistics(drawn, z, x, y)
+        if self.trainer.world_size > 1:
+            stats = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in stats.items()}
+        return self.prior.adapt(stats)
 
     def step(self, loss: torch.Tensor) -> None:
         """One optimizer (and scheduler) step on `loss`."""

@@ -28,7 +28,9 @@ RESUME_MAY_CHANGE = (
     "data.root", "data.cache_dir", "data.download", "data.num_workers", "data.n_val", "data.on_bad_file",
 )
 # Keys added to the config after checkpoints were written: their value in those runs.
-ADDED_SINCE = {"conditional": False, "data.outliers": 0.0}
+ADDED_SINCE = {"conditional": False, "data.outliers": 0.0, "prior.adapt_weights": False, "prior.adapt_sigma": False,
+               "prior.respawn_below": 0.0, "prior.adapt_rate": 0.1, "prior.sigma_bounds.0": 0.1,
+               "prior.sigma_bounds.1": 10.0}
 RESUME_MUST_KEEP = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision")
 
 
@@ -250,7 +252,8 @@ def check_resume_config(saved: dict[str, Any], now: dict[str, Any], ckpt_path: s
     is trained (data, prior, network, matcher, cost, mode, optimizer, scheduler, seed)
     must equal the checkpoint's. Names every key that differs, with both values."""
     old, new = dict(leaves(_comparable(saved))), dict(leaves(_comparable(now)))
-    old = {**ADDED_SINCE, **old}  # a checkpoint from before a key existed ran as its default does
+    # a checkpoint from before a key of this config existed ran as its default does
+    old = {**{k: v for k, v in ADDED_SINCE.items() if k in new}, **old}
     differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "<unset>") != new.get(k, "<unset>")
               and (k.startswith(RESUME_MUST_KEEP) or not k.startswith(RESUME_MAY_CHANGE))]
     if differ:
