@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,18 @@ CONF = ROOT / "conf"
 SHARED = Path(os.environ.get("OT_GEN_TEST_DATA", ROOT.parent / "shared" / "data"))
 HAS_SHARED = (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
 needs_shared = pytest.mark.skipif(not HAS_SHARED, reason=f"no test data at {SHARED}")
+
+@contextmanager
+def reaped(proc: subprocess.Popen):
+    """For a subprocess started with `start_new_session=True`: however the block ends, its
+    process group is gone afterwards (SIGKILLed if still running), so no run outlives a test."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
 
 # Small and fast, but real: real data, real solver, real Lightning loop.
 FAST = [

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import FAST, HAS_SHARED, ROOT, SHARED, python_env
+from conftest import FAST, HAS_SHARED, ROOT, SHARED, python_env, reaped
 
 
 @pytest.mark.e2e
@@ -36,7 +37,10 @@ def test_multirun_over_matchers_writes_a_summary_table(tmp_path):
 def test_a_failed_or_interrupted_job_is_a_row_not_a_crash(tmp_path):
     from ot_gen.launch.sweep_summary import collect
 
-    for i, (metrics, note) in enumerate([('{"val/w2": 0.5}', None), (None, "failed.txt"), (None, "interrupted.txt")]):
+    from ot_gen.launch.sweep_summary import NO_REASON
+
+    jobs = [('{"val/w2": 0.5}', None), (None, "failed.txt"), (None, "interrupted.txt"), (None, None)]
+    for i, (metrics, note) in enumerate(jobs):
         job = tmp_path / str(i) / ".hydra"
         job.mkdir(parents=True)
         (job / "overrides.yaml").write_text(f"- seed={i}\n")
@@ -47,7 +51,7 @@ def test_a_failed_or_interrupted_job_is_a_row_not_a_crash(tmp_path):
     rows = collect(tmp_path)
     assert [(r["seed"], r["status"], r["val/w2"], r["error"]) for r in rows] == [
         ("0", "ok", 0.5, ""), ("1", "failed", "", "the reason of failed.txt"),
-        ("2", "interrupted", "", "the reason of interrupted.txt")]
+        ("2", "interrupted", "", "the reason of interrupted.txt"), ("3", "failed", "", NO_REASON)]
 
 
 def test_a_sweep_gets_the_columns_its_jobs_logged_beyond_the_fixed_ones(tmp_path):
@@ -138,23 +142,110 @@ def test_sigterm_stops_a_sweep_with_its_summary_and_says_which_jobs_never_ran(tm
            "mode.val_every_rounds=10", "callbacks.point_cloud_plots.n_points=100", f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    try:
+    with reaped(proc):
         ckpt, deadline = sweep_dir / "0" / "checkpoints" / "last.ckpt", time.time() + 240
         while not ckpt.exists():
             assert proc.poll() is None and time.time() < deadline, "job 0 wrote no checkpoint"
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
     assert proc.returncode == 143, out[-3000:]
     assert "sweep stopped by SIGTERM in job 0" in out and "never ran" in out
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
     assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]
     assert f"resume with ckpt_path={ckpt}" in rows[0]["error"]
     assert not (sweep_dir / "1").exists()
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (the process launcher's jobs), the first started first."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(fields[19]), int(stat.parent.name)))  # (start time, pid)
+    return [child for _, child in sorted(found)]
+
+
+def start_parallel_sweep(sweep_dir, *overrides):
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=processes", "hydra.launcher.n_jobs=2", *TINY,
+           "mode.val_every_rounds=10", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for(proc, what, condition, limit=240):
+    deadline = time.time() + limit
+    while not condition():
+        assert proc.poll() is None and time.time() < deadline, f"never saw {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_a_killed_parallel_job_is_a_failed_row_and_the_other_jobs_finish(tmp_path):
+    """joblib's loky pool loses every job when one worker dies; the process launcher loses
+    only the killed one: job 0 (long) is SIGKILLed mid-run, jobs 1 and 2 (short) finish."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start_parallel_sweep(sweep_dir, "trainer.max_steps=100000,200,200")
+    with reaped(proc):
+        wait_for(proc, "job 0 training", lambda: (sweep_dir / "0" / ".hydra").is_dir() and len(children(proc.pid)) == 2)
+        time.sleep(2)
+        os.kill(children(proc.pid)[0], signal.SIGKILL)  # the first started: job 0
+        out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    assert "job 0: the job's process was killed by SIGKILL" in out and "1 of 3 jobs failed" in out
+    assert "Traceback" not in out
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "ok"), ("2", "ok")]
+    assert "killed by SIGKILL (the kernel's out-of-memory killer sends it)" in rows[0]["error"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_sigterm_to_a_parallel_sweep_stops_its_running_jobs_and_writes_the_summary(tmp_path):
+    """SIGTERM to the sweep process alone (not its group): both running jobs save and are
+    `interrupted` rows, job 2 never starts, the sweep says so and exits 143."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start_parallel_sweep(sweep_dir, "trainer.max_steps=100000", "seed=0,1,2",
+                                "callbacks=default", "callbacks.point_cloud_plots.n_points=100")
+    with reaped(proc):
+        wait_for(proc, "both jobs' checkpoints", lambda: all(
+            (sweep_dir / j / "checkpoints" / "last.ckpt").exists() for j in "01"))
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    assert "sweep stopped by SIGTERM: 0 job(s) finished, 2 stopped; jobs 2 never ran" in out
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted"), ("1", "interrupted")]
+    assert all("resume with ckpt_path=" in r["error"] for r in rows)
+    assert not (sweep_dir / "2").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_a_sweep_whose_joblib_pool_breaks_still_writes_the_summary_of_its_jobs(tmp_path):
+    """loky breaks its pool when a worker is killed (the running jobs are lost: joblib's
+    way); the sweep still leaves its table, and says it ended early."""
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
+           "trainer.max_steps=100000,200", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    workers = lambda: [pid for pid in children(proc.pid)  # noqa: E731
+                       if b"popen_loky" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    with reaped(proc):
+        wait_for(proc, "job 0 started", lambda: (sweep_dir / "0" / ".hydra").is_dir() and workers())
+        time.sleep(2)
+        os.kill(workers()[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert "the sweep ended before all its jobs did" in out, out[-3000:]
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert rows and rows[0]["job"] == "0" and rows[0]["status"] == "failed"
 
 
 def test_slurm_launcher_config_composes():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import FAST, ROOT, SHARED, needs_shared, python_env
+from conftest import FAST, ROOT, SHARED, needs_shared, python_env, reaped
 from ot_gen.run.checkpoints import load
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "eval.n_generated=1000", "callbacks=none"]
@@ -52,9 +52,10 @@ def test_a_conditional_ddp_run_solves_one_assignment_per_class(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.timeout(450)
 def test_minibatch_ddp_matches_per_rank_and_trains(tmp_path):
-    metrics = train(tmp_path, "trainer.max_steps=20", "mode.val_every_rounds=10")
+    metrics = train(tmp_path, "trainer.max_steps=20", "mode.val_every_rounds=10", "prior=gmm_adaptive", "mode.ratio=2")
     assert metrics["train/reals_in_solve"] == 256, "the minibatch mode matches each rank's batch on its own"
     assert metrics["steps"] == 20 and metrics["val/w2"] < 5
+    assert metrics["train/prior_points"] == 2 * 2 * 256, "the adaptive prior learns from both ranks' rounds"
 
 
 @pytest.mark.e2e
@@ -74,7 +75,7 @@ def test_a_signal_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path,
     proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    with reaped(proc):
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         deadline = time.time() + 180
         while not ckpt.exists():
@@ -87,10 +88,6 @@ def test_a_signal_under_ddp_saves_once_and_every_rank_exits_in_seconds(tmp_path,
         else:
             os.kill(int(children[0]), sig)
         out, _ = proc.communicate(timeout=120)  # a rank that waits forever fails here
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
     assert proc.returncode == code, out[-3000:]
     assert out.count("resume with ckpt_path=") == 1, out[-3000:]
     assert f"{sig.name} at step" in out, out[-3000:]

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from conftest import CONF, FAST, ROOT, python_env
+from conftest import CONF, FAST, ROOT, python_env, reaped
 from ot_gen.run.checkpoints import CheckpointError, load
 from ot_gen.data import ImageDataModule
 from ot_gen.data.image_readers import DataFileError
@@ -317,7 +317,7 @@ def test_sigterm_in_the_final_evaluation_stops_at_once_keeping_the_checkpoint(tm
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    try:
+    with reaped(proc):
         ckpt, deadline = run_dir / "checkpoints" / "last.ckpt", time.time() + 180
         while not (ckpt.exists() and load(ckpt)["global_step"] == 20 and (run_dir / "plots").exists()
                    and any((run_dir / "plots").glob("*step0000020*"))):
@@ -326,10 +326,6 @@ def test_sigterm_in_the_final_evaluation_stops_at_once_keeping_the_checkpoint(tm
         time.sleep(3)  # inside the unseen-sample pass
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)  # the pass itself would take far longer: a missed signal fails here
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
     assert proc.returncode == 0, out[-3000:]
     assert "SIGTERM during the final evaluation: stopped; checkpoints/last.ckpt holds the final state" in out
     assert load(ckpt)["global_step"] == 20 and not (run_dir / "metrics.json").exists()

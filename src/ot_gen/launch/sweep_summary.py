@@ -2,10 +2,12 @@
 metrics, written as `summary.csv` and `summary.md` in the sweep directory, and says how
 the sweep went: "N of M jobs failed" (exit status 1 when every job failed), or, when a
 SIGTERM stopped it, which job it stopped and that the jobs after it never ran (exit
-status 143, the shell's code for SIGTERM)."""
+status 143, the shell's code for SIGTERM). A sweep that ends in an error before its end
+(a launcher whose worker pool broke) still gets the table of the jobs it started, at exit."""
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import logging
@@ -24,9 +26,15 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("val/w2", "val/w2_ratio", "val/energy", "s_per_round", "train/solve_s", "train/dropped", "wall_s")
 # Columns a sweep gets when any of its jobs logged them: image quality beside its
-# memorization figures, and what a partial or unbalanced matcher left untransported.
+# memorization figures and class balance, what a partial or unbalanced matcher left
+# untransported, and how many components an adaptive prior uses.
 WHEN_LOGGED = ("val/frechet_classifier", "val/recall_classifier", "val/train_distance_ratio", "val/near_copies",
-               "train/untransported_real", "train/untransported_generated")
+               "val/class_imbalance", "train/untransported_real", "train/untransported_generated",
+               "train/prior_effective_components")
+
+
+NO_REASON = "ended without metrics.json or a recorded reason: its process was killed, or the sweep was stopped"
+_written: set[Path] = set()  # the sweep dirs whose summary this process has written
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -47,7 +55,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         row["status"] = "ok" if metrics else "interrupted" if interrupted.exists() else "failed"
         row.update({c: metrics.get(c, "") for c in columns})
         reason = interrupted if interrupted.exists() else failed
-        row["error"] = reason.read_text().strip() if reason.exists() and not metrics else ""
+        row["error"] = "" if metrics else reason.read_text().strip() if reason.exists() else NO_REASON
         rows.append(row)
     return rows
 
@@ -75,9 +83,25 @@ def write(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     lines = ["| " + " | ".join(fields) + " |", "|" + " --- |" * len(fields)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    _written.add(sweep_dir.resolve())
+
+
+def _summary_if_missing(sweep_dir: Path) -> None:
+    """At the exit of a sweep process that never reached `on_multirun_end` (a launcher or
+    sweeper raised: joblib's pool broken by a killed worker, say): the jobs' table all the same."""
+    if not sweep_dir.is_dir() or sweep_dir.resolve() in _written:
+        return
+    rows = collect(sweep_dir)
+    if rows:
+        write(rows, sweep_dir)
+        log.error("the sweep ended before all its jobs did (the error above); summary of the %d job(s) started: %s",
+                  len(rows), sweep_dir / "summary.md")
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.register(_summary_if_missing, Path(config.hydra.sweep.dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
