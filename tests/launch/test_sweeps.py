@@ -262,6 +262,39 @@ def test_slurm_launcher_config_composes():
     assert launcher.timeout_min == 240 and launcher.gpus_per_node == 1
 
 
+def test_the_process_launcher_composes_builds_through_hydra_and_refuses_a_bad_n_jobs():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+
+    from conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=processes", "hydra.launcher.n_jobs=3"],
+                      return_hydra_config=True)
+    launcher = Plugins.instance()._instantiate(cfg.hydra.launcher)  # as Hydra builds it: a plugin it found
+    assert type(launcher).__name__ == "ProcessLauncher" and launcher.n_jobs == 3
+    with pytest.raises(ValueError, match="hydra.launcher.n_jobs=0 is not allowed"):
+        type(launcher)(n_jobs=0)
+
+
+def test_a_sweep_that_never_reached_its_end_writes_the_table_at_exit_once(tmp_path, caplog):
+    from ot_gen.launch import sweep_summary
+
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    (tmp_path / "0" / "metrics.json").write_text('{"val/w2": 0.4}')
+    sweep_summary._summary_if_missing(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok")]
+    assert "the sweep ended before all its jobs did" in caplog.text
+    caplog.clear()
+    (tmp_path / "summary.csv").unlink()
+    sweep_summary._summary_if_missing(tmp_path)  # written already by this process: not again
+    assert not (tmp_path / "summary.csv").exists() and not caplog.text
+
+
 @pytest.mark.e2e
 def test_every_named_experiment_runs_in_fast_dev_mode(tmp_path):
     """`python train.py -m 'experiment=glob(*)' debug=fdr`, as the README says: each one a
