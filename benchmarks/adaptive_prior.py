@@ -5,7 +5,9 @@
 
 Trains each setting of the preset one after the other, each for `--minutes` of wall-clock
 time (`trainer.max_time`; a run stops at the end of a round, then validates and
-evaluates). Time them with nothing else running.
+evaluates), with `trainer.max_steps=1000000` so that time alone stops it (the cosine
+schedule then stays near its starting rate, the same for every row). Time them with
+nothing else running.
 
 - `toy`: eight Gaussians, minibatch mode with 4 generated points per real and the exact
   assignment (so that the matching leaves 3 in 4 generated points out and the weights have
