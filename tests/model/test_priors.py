@@ -77,9 +77,10 @@ def test_a_component_whose_points_go_unmatched_loses_weight_and_one_taken_twice_
     prior = separated(adapt_weights=True, adapt_rate=0.5)
     drawn = prior.sample(4000)
     comp = prior.components_of(drawn)
-    keep = comp != 0  # component 0: never matched; component 1: every point twice
-    z = torch.cat([drawn[keep], drawn[comp == 1]])
-    figures = prior.adapt(prior.round_statistics(drawn, z, z, z))
+    # component 0: never matched; component 1: every point twice
+    paired = torch.cat([torch.nonzero(comp != 0).squeeze(1), torch.nonzero(comp == 1).squeeze(1)])
+    z = drawn[paired]
+    figures = prior.adapt(prior.round_statistics(drawn, slice(None), paired, z, z))
     w = prior.weights
     assert w[0] == pytest.approx(0.125, rel=0.05), "half the way to 0 at adapt_rate 0.5"
     assert w[1] > w[2] and w[1] > w[3] and float(w.sum()) == pytest.approx(1.0)
@@ -93,7 +94,7 @@ def test_a_round_that_matches_every_point_once_leaves_the_weights_and_says_so_on
     prior = separated(adapt_weights=True)
     for _ in range(2):
         z = prior.sample(400)
-        prior.adapt(prior.round_statistics(z, z, z, z))
+        prior.adapt(prior.round_statistics(z, slice(None), torch.arange(len(z)), z, z))
     assert torch.allclose(prior.weights, torch.full((4,), 0.25, dtype=torch.float64))
     said = [r for r in caplog.records if "matched every drawn point exactly once" in r.message]
     assert len(said) == 1
@@ -107,10 +108,11 @@ def test_sigma_moves_towards_the_spread_of_the_partners_within_its_bounds():
     x = z.clone()
     y = prior.centres[comp] + 2.0 * (z - prior.centres[comp])  # partners spread twice as wide (4x variance)
     y[comp == 3] = prior.centres[3]  # component 3's partners: one point
-    prior.adapt(prior.round_statistics(z, z, x, y))
+    every = torch.arange(len(z))
+    prior.adapt(prior.round_statistics(z, slice(None), every, x, y))
     assert prior.sigmas[:3] == pytest.approx(torch.full((3,), 0.2), rel=0.02), "sigma · sqrt(4)"
     assert prior.sigmas[3] == pytest.approx(0.01), "shrunk, but not below sigma_bounds[0] · sigma"
-    prior.adapt(prior.round_statistics(z, z, x, 100 * y))
+    prior.adapt(prior.round_statistics(z, slice(None), every, x, 100 * y))
     assert float(prior.sigmas.max()) == pytest.approx(0.3), "nor above sigma_bounds[1] · sigma"
 
 
@@ -119,8 +121,10 @@ def test_a_dead_component_respawns_next_to_the_heaviest_the_same_way_every_time(
         prior = separated(adapt_weights=True, respawn_below=0.5, adapt_rate=1.0)
         drawn = prior.sample(4000)
         comp = prior.components_of(drawn)
-        z = torch.cat([drawn[comp != 0], drawn[comp == 2]])  # 0 dies, 2 is the heaviest
-        figures = prior.adapt(prior.round_statistics(drawn, z, z, z))
+        # 0 dies, 2 is the heaviest
+        paired = torch.cat([torch.nonzero(comp != 0).squeeze(1), torch.nonzero(comp == 2).squeeze(1)])
+        z = drawn[paired]
+        figures = prior.adapt(prior.round_statistics(drawn, slice(None), paired, z, z))
         return prior, figures
 
     torch.manual_seed(0)

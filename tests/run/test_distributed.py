@@ -28,11 +28,12 @@ def train(tmp_path, *overrides):
 @pytest.mark.timeout(450)
 def test_oversampled_ddp_solves_one_global_assignment_with_k_per_real(tmp_path):
     metrics = train(tmp_path, "mode=oversampled", "mode.pool_size=100", "mode.k=3", "trainer.max_steps=12",
-                    "mode.val_every_rounds=2")
+                    "mode.val_every_rounds=2", "prior=gmm_adaptive")
     assert metrics["train/reals_in_solve"] == 200, "both ranks' pools in one solve"
     assert metrics["train/dropped"] == 0 and metrics["train/partner_spread"] == 0, "every real exactly k partners"
     assert metrics["train/generated_used"] == 1.0
     assert metrics["steps"] == 12
+    assert metrics["train/prior_points"] == 2 * 3 * 100, "each rank counts its own block of the gathered latents"
     runs = [p for p in tmp_path.iterdir()]
     assert runs == [tmp_path / "run"], "one Hydra run dir for both ranks"
     assert not (tmp_path / "run" / "metrics.json.tmp").exists()

@@ -49,9 +49,10 @@ class RoundParts(Protocol):
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Matching]:
         """(every rank's latents, generated points and reals, this rank's pairs): one assignment."""
 
-    def adapt_prior(self, drawn: torch.Tensor, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """An adaptive prior's update from this rank's drawn latents and pairs (latent,
-        generated, partner); its figures."""
+    def adapt_prior(self, z: torch.Tensor, n_drawn: int, paired: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor) -> dict[str, float]:
+        """An adaptive prior's update from the round's latents (this rank drew `n_drawn`
+        of them) and this rank's pairs (indices into them, generated, partner); its figures."""
 
     def step(self, loss: torch.Tensor) -> None:
         """One optimizer (and scheduler) step on `loss`."""
@@ -121,7 +122,7 @@ class Minibatch(Mode):
         y, match = module.match(x, y, ids, each_real=1, diagnostics=figures_due, z=z)
         loss = module.cost.paired(x[match.gen_idx], y[match.real_idx]).mean()
         module.step(loss)
-        prior = module.adapt_prior(z, z[match.gen_idx], x.detach()[match.gen_idx], y[match.real_idx])
+        prior = module.adapt_prior(z, len(z), match.gen_idx, x.detach()[match.gen_idx], y[match.real_idx])
         return {**match.stats, **prior, "loss": loss.detach(), "reals_in_solve": len(y)}
 
 
@@ -173,12 +174,13 @@ class Oversampled(Mode):
 
     def round(self, module, y, ids, figures_due):
         k = self.k_at(int(module.rounds))
-        drawn = module.latents_for(ids, k)
-        x = module.generate(drawn)
+        z = module.latents_for(ids, k)
+        x = module.generate(z)
         module.check_finite(x, "generated points")
-        z, x, y, match = module.match_across_ranks(drawn, x, y, ids, each_real=k, diagnostics=figures_due)
+        n_drawn = len(z)
+        z, x, y, match = module.match_across_ranks(z, x, y, ids, each_real=k, diagnostics=figures_due)
         z_pairs, y_pairs = z[match.gen_idx], y[match.real_idx]
-        prior = module.adapt_prior(drawn, z_pairs, x[match.gen_idx], y_pairs)  # before the fit: the round's pairs
+        prior = module.adapt_prior(z, n_drawn, match.gen_idx, x[match.gen_idx], y_pairs)  # the round's pairs
         for _ in range(self.fit_epochs):
             losses = []  # train/loss: the mean over the round's last pass
             order = torch.randperm(len(z_pairs), device=z_pairs.device)

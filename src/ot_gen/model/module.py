@@ -115,14 +115,17 @@ class OTGenerator(L.LightningModule):
         mine = torch.arange(rank, share * world, world)
         return z, x, y, Matching(gen_idx[mine].to(z.device), real_idx[mine].to(z.device), stats)
 
-    def adapt_prior(self, drawn: torch.Tensor, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """An adaptive prior's re-estimation after a round (`Prior.adapt`), from the latents
-        this rank drew (`drawn`) and its pairs (latent `z`, generated `x`, partner `y`); the
-        statistics are summed over the ranks first, so every rank's prior stays the same.
-        Returns the prior's figures ({} for a fixed prior)."""
+    def adapt_prior(self, z: torch.Tensor, n_drawn: int, paired: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor) -> dict[str, float]:
+        """An adaptive prior's re-estimation after a round (`Prior.adapt`), from the round's
+        latents `z` (every rank's when gathered: this rank's `n_drawn` are its block), this
+        rank's pairs (indices `paired` into `z`) and their generated points `x` and partners
+        `y`; the statistics are summed over the ranks first, so every rank's prior stays
+        the same. Returns the prior's figures ({} for a fixed prior)."""
         if not self.prior.adaptive:
             return {}
-        stats = self.prior.round_statistics(drawn, z, x, y)
+        first = self.global_rank * n_drawn if len(z) > n_drawn else 0
+        stats = self.prior.round_statistics(z, slice(first, first + n_drawn), paired, x, y)
         if self.trainer.world_size > 1:
             stats = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in stats.items()}
         return self.prior.adapt(stats)

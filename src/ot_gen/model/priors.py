@@ -42,11 +42,12 @@ class Prior(nn.Module):
     def sample(self, n: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def round_statistics(self, drawn: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
+    def round_statistics(self, z: torch.Tensor, drawn: slice, paired: torch.Tensor, x: torch.Tensor,
                          y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """An adaptive prior's sums over one round on this rank: the latents `drawn`, and
-        the pairs (latent `z`, generated point `x`, its partner `y`), one row per pair.
-        Sums, so that the ranks' statistics add up (the module all-reduces them)."""
+        """An adaptive prior's sums over one round on this rank: of the round's latents `z`,
+        those this rank drew (`z[drawn]`) and its pairs (latents `z[paired]`, their
+        generated points `x` and partners `y`, one row per pair). Sums, so that the ranks'
+        statistics add up (the module all-reduces them)."""
         raise NotImplementedError(f"{type(self).__name__} does not adapt")
 
     def adapt(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -155,11 +156,12 @@ class GaussianMixturePrior(Prior):
         return torch.cat(out) if out else z.new_zeros(0, dtype=torch.long)
 
     @torch.no_grad()
-    def round_statistics(self, drawn, z, x, y):
+    def round_statistics(self, z, drawn, paired, x, y):
         K = self.n_components
         count = lambda k: torch.bincount(k, minlength=K).double()  # noqa: E731
-        comp = self.components_of(z)
-        stats = {"drawn": count(self.components_of(drawn)), "matched": count(comp)}
+        every = self.components_of(z)  # once: the pairs' latents are among the round's
+        comp = every[paired]
+        stats = {"drawn": count(every[drawn]), "matched": count(comp)}
         if self.adapt_sigma:
             for name, points in (("generated", x), ("partner", y)):
                 flat = points.detach().flatten(1).double()
@@ -286,9 +288,9 @@ class ClassConditionalPrior(Prior):
     def adaptive(self) -> bool:
         return self.base.adaptive
 
-    def round_statistics(self, drawn, z, x, y):
+    def round_statistics(self, z, drawn, paired, x, y):
         """The base prior's, on the base part of the latents."""
-        return self.base.round_statistics(drawn[:, :self.base.dim], z[:, :self.base.dim], x, y)
+        return self.base.round_statistics(z[:, :self.base.dim], drawn, paired, x, y)
 
     def adapt(self, stats):
         return self.base.adapt(stats)
