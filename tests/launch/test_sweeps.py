@@ -170,11 +170,14 @@ def children(pid: int) -> list[int]:
     return [child for _, child in sorted(found)]
 
 
-def start_parallel_sweep(sweep_dir, *overrides):
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=processes", "hydra.launcher.n_jobs=2", *TINY,
-           "mode.val_every_rounds=10", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+def start_sweep(sweep_dir, *overrides):
+    """A TINY multirun in the background, in a session of its own (for `reaped`)."""
+    cmd = [sys.executable, "train.py", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}"]
     return subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+
+
+PARALLEL = ["hydra/launcher=processes", "hydra.launcher.n_jobs=2"]
 
 
 def wait_for(proc, what, condition, limit=240):
@@ -190,7 +193,7 @@ def test_a_killed_parallel_job_is_a_failed_row_and_the_other_jobs_finish(tmp_pat
     """joblib's loky pool loses every job when one worker dies; the process launcher loses
     only the killed one: job 0 (long) is SIGKILLed mid-run, jobs 1 and 2 (short) finish."""
     sweep_dir = tmp_path / "sweep"
-    proc = start_parallel_sweep(sweep_dir, "trainer.max_steps=100000,200,200")
+    proc = start_sweep(sweep_dir, *PARALLEL, "trainer.max_steps=100000,200,200")
     with reaped(proc):
         wait_for(proc, "job 0 training", lambda: (sweep_dir / "0" / ".hydra").is_dir() and len(children(proc.pid)) == 2)
         time.sleep(2)
@@ -210,8 +213,8 @@ def test_sigterm_to_a_parallel_sweep_stops_its_running_jobs_and_writes_the_summa
     """SIGTERM to the sweep process alone (not its group): both running jobs save and are
     `interrupted` rows, job 2 never starts, the sweep says so and exits 143."""
     sweep_dir = tmp_path / "sweep"
-    proc = start_parallel_sweep(sweep_dir, "trainer.max_steps=100000", "seed=0,1,2",
-                                "callbacks=default", "callbacks.point_cloud_plots.n_points=100")
+    proc = start_sweep(sweep_dir, *PARALLEL, "trainer.max_steps=100000", "seed=0,1,2",
+                       "callbacks=default", "callbacks.point_cloud_plots.n_points=100")
     with reaped(proc):
         wait_for(proc, "both jobs' checkpoints", lambda: all(
             (sweep_dir / j / "checkpoints" / "last.ckpt").exists() for j in "01"))
@@ -231,10 +234,7 @@ def test_a_sweep_whose_joblib_pool_breaks_still_writes_the_summary_of_its_jobs(t
     """loky breaks its pool when a worker is killed (the running jobs are lost: joblib's
     way); the sweep still leaves its table, and says it ended early."""
     sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
-           "trainer.max_steps=100000,200", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = start_sweep(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_steps=100000,200")
     workers = lambda: [pid for pid in children(proc.pid)  # noqa: E731
                        if b"popen_loky" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     with reaped(proc):

@@ -175,10 +175,9 @@ class ProcessLauncher(Launcher):
                          _return_value=float("inf"))
 
     def _stop_sweep(self, sweep_dir: Path, never: list[int]) -> None:
-        from ot_gen.launch.sweep_summary import collect, write
+        from ot_gen.launch.sweep_summary import summarize
 
-        rows = collect(sweep_dir) if sweep_dir.is_dir() else []
-        write(rows, sweep_dir)
+        rows = summarize(sweep_dir)
         done = sum(r["status"] == "ok" for r in rows)
         not_run = f"jobs {', '.join(map(str, never))} never ran" if never else "every job had started"
         log.error("sweep stopped by %s: %d job(s) finished, %d stopped; %s; summary of the jobs started: %s",

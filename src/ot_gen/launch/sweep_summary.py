@@ -86,14 +86,20 @@ def write(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     _written.add(sweep_dir.resolve())
 
 
+def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
+    """`collect` and `write`: the table of the jobs in `sweep_dir` as they stand; its rows."""
+    rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+    write(rows, sweep_dir)
+    return rows
+
+
 def _summary_if_missing(sweep_dir: Path) -> None:
     """At the exit of a sweep process that never reached `on_multirun_end` (a launcher or
     sweeper raised: joblib's pool broken by a killed worker, say): the jobs' table all the same."""
-    if not sweep_dir.is_dir() or sweep_dir.resolve() in _written:
+    if sweep_dir.resolve() in _written:
         return
-    rows = collect(sweep_dir)
+    rows = summarize(sweep_dir)
     if rows:
-        write(rows, sweep_dir)
         log.error("the sweep ended before all its jobs did (the error above); summary of the %d job(s) started: %s",
                   len(rows), sweep_dir / "summary.md")
 
@@ -106,8 +112,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = collect(sweep_dir)
-        write(rows, sweep_dir)
+        rows = summarize(sweep_dir)
         failed = sum(r["status"] != "ok" for r in rows)
         log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "summary.md")
         if failed:
@@ -123,8 +128,7 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or not isinstance(job_return._return_value, Interrupted):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect(sweep_dir)
-        write(rows, sweep_dir)
+        rows = summarize(sweep_dir)
         done = sum(r["status"] == "ok" for r in rows)
         log.error("sweep stopped by SIGTERM in job %s (%s); %d job(s) finished before it, the jobs after it "
                   "never ran; summary of the jobs started: %s", config.hydra.job.num, job_return._return_value,

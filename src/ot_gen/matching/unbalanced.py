@@ -22,6 +22,7 @@ from ot_gen.errors import SolverError, check, check_choice, check_positive, chec
 from ot_gen.matching.base import Matcher
 from ot_gen.matching.entropic import IterativeSolve
 
+
 def untransported(plan: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     """The share of each side's mass the plan leaves out (mass sent beyond a point's own,
     which a KL relaxation allows, does not count as transported twice)."""
