@@ -49,6 +49,9 @@ class OTGenerator(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self.w2_floor: float | None = None
+        # (global step, val/w2) of the last validation that scored the whole held-out set:
+        # the final evaluation's first draw of that state (ot_gen.evaluation.final).
+        self.scored: tuple[int, float] | None = None
         # A class-conditional run: every training point's class (set at fit start; -1: none).
         self.register_buffer("real_labels", torch.zeros(0, dtype=torch.long), persistent=False)
 
@@ -225,6 +228,8 @@ class OTGenerator(L.LightningModule):
         if self.w2_floor is None:
             self.w2_floor = self._noise_floor(len(y))
         dist = w2(x, y)
+        if len(y) == len(self.trainer.datamodule.val_set):  # not a DDP rank's shard
+            self.scored = (self.global_step, dist)
         self.log_dict(
             {
                 "val/w2": dist,
