@@ -22,6 +22,9 @@ libraries' imports):
 
 The three commands run `--repeats` times, interleaved; each figure is the fastest of its
 repeats (timings on a shared 2-core machine vary by 10% and more between identical runs).
+The whole-command ratios are also given per repeat (the three commands of one repeat run
+back to back, so they share the machine's state of the moment) with their median, the
+figure that slow phases of the machine move least.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,6 +135,10 @@ def main() -> None:
     print(f"per-step ratio, train.py lean / bare: {lean['train_s_per_step'] / bare['s_per_step']:.2f} (target <= 1.2)")
     print(f"whole-command ratio, train.py lean / bare: {lean_wall / bare_wall:.2f}")
     print(f"whole-command ratio, train.py default / bare: {full_wall / bare_wall:.2f} (target <= 1.4)")
+    for name in ("lean", "full"):
+        ratios = [w / b for (w, _), (b, _) in zip(runs[name], runs["bare"])]
+        print(f"per repeat, train.py {name} / bare: {' '.join(f'{r:.2f}' for r in ratios)}; "
+              f"median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
