@@ -115,11 +115,16 @@ def nearest(queries: torch.Tensor, candidates: Iterable[torch.Tensor]) -> tuple[
     for chunk in candidates:
         c = chunk.float().to(q.device)
         flat = c.flatten(1)
-        d2, idx = (q_sq + (flat * flat).sum(1) - 2.0 * q @ flat.T).clamp_min_(0).min(1)
+        # |q - c|² = |q|² + (|c|² - 2 q·c): the closest c minimises the bracket, one fused
+        # matrix product with the |c|² row added; |q|² only joins the minimum.
+        d2, idx = torch.addmm((flat * flat).sum(1), q, flat.T, alpha=-2.0).min(1)
+        d2 = (d2 + q_sq.squeeze(1)).clamp_min_(0)
         better = d2 < best
         best = torch.where(better, d2, best)
         closest[better] = c[idx[better]]
-    return best.sqrt(), closest
+    # The expansion cancels in float32 (|q|² ≫ d² for close points: ~1% on the default
+    # run's 0.005 distances); the distance to the closest point itself is exact.
+    return (q - closest.flatten(1)).norm(dim=1), closest
 
 
 def unseen_sample_distances(
