@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ot_gen.evaluation import final
+from ot_gen.evaluation import final, metrics
 from ot_gen.run.build import build
 
 
@@ -11,8 +11,8 @@ def test_the_final_w2_takes_the_last_validations_draw_and_floor_as_its_first(con
     module, data, trainer, _ = build(cfg)
     trainer.fit(module, datamodule=data)
     assert module.scored is not None and module.scored[0] == trainer.global_step == 60
-    solves, solve = [], final.w2
-    monkeypatch.setattr(final, "w2", lambda x, y: solves.append(len(x)) or solve(x, y))
+    solves, solve = [], metrics.w2
+    monkeypatch.setattr(metrics, "w2", lambda x, y: solves.append(len(x)) or solve(x, y))
     reused = final.w2_over_draws(3, module, data, trainer.global_step)
     assert len(solves) == 4, "draws 1 and 2, floors 1 and 2: draw 0 and its floor are validation's"
     scored, module.scored = module.scored, None

@@ -97,3 +97,21 @@ def test_knn_precision_recall_tell_blur_and_collapse_from_a_good_sample():
     precision, recall = knn_precision_recall(real, shrunk)
     assert precision > 0.9 and recall < 0.3
     assert knn_precision_recall(real, real + 100.0) == (0.0, 0.0)
+
+
+def test_w2_each_solves_pairs_at_once_in_threads_with_the_values_of_one_at_a_time(monkeypatch):
+    import threading
+
+    from ot_gen.evaluation import metrics
+    from ot_gen.matching.auction import threads_can_solve
+
+    g = torch.Generator().manual_seed(2)
+    pairs = [(torch.randn(300, 2, generator=g), torch.randn(300, 2, generator=g) + s) for s in range(4)]
+    one_by_one = [metrics.w2(x, y) for x, y in pairs]  # a solve has chosen numba's threading layer
+    threads, solve = set(), metrics.w2
+    monkeypatch.setattr(metrics, "w2", lambda x, y: threads.add(threading.get_ident()) or solve(x, y))
+    assert metrics.w2_each(pairs) == one_by_one
+    assert (threading.get_ident() not in threads) == threads_can_solve()  # pool threads, or this one
+    threads.clear()
+    monkeypatch.setattr(metrics, "threads_can_solve", lambda: False)  # numba's workqueue layer
+    assert metrics.w2_each(pairs) == one_by_one and threads == {threading.get_ident()}

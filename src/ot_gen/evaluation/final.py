@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ot_gen.evaluation.metrics import unseen_sample_distances, w1_k_to_1, w2
+from ot_gen.evaluation.metrics import unseen_sample_distances, w1_k_to_1, w2_each
 from ot_gen.evaluation.pictures import unseen_sample_pictures
 from ot_gen.rng import own_rng
 
@@ -36,24 +36,24 @@ def w2_over_draws(draws: int, module: L.LightningModule, data, step: int | None 
 
     Draw 0 is validation's own draw and validation's floor: when a validation of this very
     state (`step`) scored the whole held-out set, its exact values are taken, not solved again
-    (two 2000 × 2000 solves of the default run's ten)."""
+    (two 2000 × 2000 solves of the default run's ten). The rest are solved at once
+    (`w2_each`), the samples drawn first, each from its fixed stream."""
     if not draws:
         return {}
     held = data.val_set.to(module.device)
     n = min(len(held), len(data.train_set))
-    scores, floors = [], []
     scored = getattr(module, "scored", None)  # set by validations of the whole held-out set only
-    for r in range(draws):  # r = 0: what every validation draws and scores
-        if r == 0 and scored is not None and scored[0] == step:
-            scores.append(scored[1])
-        else:
-            with own_rng(module.device, r):
-                scores.append(w2(module.sample(len(held)), held))
-        if r == 0 and scored is not None:  # validation's floor: the first n training points, as here
-            floors.append(module.w2_floor)
-            continue
-        subset = torch.arange(len(data.train_set)).roll(-r * n)[:n]  # disjoint while the set holds draws × n
-        floors.append(w2(data.train_set[subset].to(module.device), held[:n]))
+    reuse_score = scored is not None and scored[0] == step
+    samples = []
+    for r in range(1 if reuse_score else 0, draws):  # r = 0: what every validation draws and scores
+        with own_rng(module.device, r):
+            samples.append(module.sample(len(held)))
+    # The floor of r = 0 is validation's own: the first n training points, as here.
+    subsets = [torch.arange(len(data.train_set)).roll(-r * n)[:n]  # disjoint while the set holds draws × n
+               for r in range(1 if scored is not None else 0, draws)]
+    solved = w2_each([(x, held) for x in samples] + [(data.train_set[s].to(module.device), held[:n]) for s in subsets])
+    scores = ([scored[1]] if reuse_score else []) + solved[: len(samples)]
+    floors = ([module.w2_floor] if scored is not None else []) + solved[len(samples):]
     mean, floor = float(np.mean(scores)), float(np.mean(floors))
     return {"eval/w2": mean, "eval/w2_spread": float(np.std(scores)), "eval/w2_floor": floor,
             "eval/w2_floor_spread": float(np.std(floors)), "eval/w2_ratio": mean / max(floor, 1e-12)}

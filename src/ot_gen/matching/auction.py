@@ -35,13 +35,15 @@ phase's D uses the lists' bounds (a lower bound on D, so still a valid certifica
 one that stops the solve is recomputed from the whole matrix. The solve stops at the
 first certified phase; one that cannot certify says so (`certified=False`).
 
-The heavy loops are compiled with numba (cached on disk after the first call).
+The heavy loops are compiled with numba (cached on disk after the first call). They
+release the GIL, so solves in several threads run at once (`threads_can_solve`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -53,6 +55,17 @@ MAX_PHASES = 60
 COARSE_LEVELS = 65535  # the coarse stage's costs are 16-bit integers
 COARSE_MIN_EPS = 2  # the coarse stage runs while ε is at least this many steps
 LIST_SIZE = 64  # candidates per person in the fine stage
+
+
+def threads_can_solve() -> bool:
+    """Whether solves may run in several Python threads at once: the compiled loops hold
+    no GIL, and numba's threading layer (for their parallel parts) must take concurrent
+    launches, which OpenMP and TBB do and `workqueue` does not (it aborts the process).
+    False until a solve has chosen the layer."""
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel region has run yet
+        return False
 
 
 @dataclass
@@ -94,14 +107,14 @@ def _prefetch(typingctx, row, index):
 # ---- the slots of one object: a min-heap of prices ------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _before(price, owner, a, b):
     """Heap order of two slots: cheaper first; at equal price a free slot first, so a
     bidder never displaces a holder while a free slot of the same price is left."""
     return price[a] < price[b] or (price[a] == price[b] and owner[a] < 0 <= owner[b])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sift_down(price, owner, person_slot, start, size, pos):
     """Restore the min-heap of one object's slots [start, start+size) from `pos` down."""
     while True:
@@ -123,7 +136,7 @@ def _sift_down(price, owner, person_slot, start, size, pos):
         pos = child
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bid(i, j, raise_by, slot_start, cap, slot_price, slot_owner, person_slot, pmin, queue, head, count):
     """Person i takes object j's cheapest slot and raises its price by `raise_by`; the
     displaced holder, if any, joins the back of the ring `queue` (`count` persons waiting
@@ -143,7 +156,7 @@ def _bid(i, j, raise_by, slot_start, cap, slot_price, slot_owner, person_slot, p
     return count + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue):
     """Start a phase at the new ε: every slot at its object's price, persons still within
     ε of their best value (best[i], or a lower bound of it) keep their object, the others
@@ -173,7 +186,7 @@ def _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best
     return count
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _collect(slot_start, cap, slot_owner, assignment):
     """assignment[i] = the object whose slot person i holds (every slot is held)."""
     for j in range(len(cap)):
@@ -181,7 +194,7 @@ def _collect(slot_start, cap, slot_owner, assignment):
             assignment[slot_owner[s]] = j
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _range(C):
     """(min, max, number of NaN or infinite entries) of C, in one pass."""
     m, N = C.shape
@@ -199,7 +212,7 @@ def _range(C):
 # ---- coarse stage: 16-bit costs, integer prices -------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quantize(C, lo, step, Q):
     m, N = C.shape
     for i in range(m):  # one thread: as fast, as it waits on memory (parallel page faults are slower)
@@ -207,7 +220,7 @@ def _quantize(C, lo, step, Q):
             Q[i, j] = np.uint16(np.rint((C[i, j] - lo) / step))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_min(row, price):
     """min_j row[j] + price[j]: a plain reduction (LLVM vectorises it on integers)."""
     best = row[0] + price[0]
@@ -216,7 +229,7 @@ def _row_min(row, price):
     return best
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _best_values(M, price, best):
     """best[i] = min_j M[i, j] + price[j] for every row: C with float prices, or Q with
     integer ones."""
@@ -224,7 +237,7 @@ def _best_values(M, price, best):
         best[i] = _row_min(M[i], price)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _coarse_scan(row, price):
     """(best value, second value, best object) of one row of Q at integer prices, the
     second value being that of the best OTHER object. Each pass is a plain integer
@@ -245,14 +258,14 @@ def _coarse_scan(row, price):
     return best, second, jbest
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _prefetch_row(Q, i):
     row = Q[i]
     for j in range(0, row.shape[0], 32):  # 32 uint16 = one 64-byte cache line
         _prefetch(row, j)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _coarse_bids(Q, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue, count):
     """Gauss-Seidel bidding on Q by the `count` persons in `queue` (and whoever they
     displace) until every person holds a slot; returns the number of bids."""
@@ -274,7 +287,7 @@ def _coarse_bids(Q, slot_start, cap, slot_price, slot_owner, person_slot, pmin, 
 # ---- fine stage: exact costs, candidate lists ---------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rebuild(C, i, pmin, cidx, ccost, ccount, bound, width):
     """Read row i whole and list the objects within width[i] of its best value (at most
     LIST_SIZE: the width shrinks until they fit); bound[i] = the smallest value left out.
@@ -312,7 +325,7 @@ def _rebuild(C, i, pmin, cidx, ccost, ccount, bound, width):
         width[i] = w * 2.0 if n < K // 4 else w  # grow lists that came out short
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _list_scan(i, pmin, cidx, ccost, ccount):
     """(best value, second value, best object) over person i's candidate list."""
     best, second, jbest = np.inf, np.inf, -1
@@ -327,13 +340,13 @@ def _list_scan(i, pmin, cidx, ccost, ccount):
     return best, second, jbest
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _rebuild_all(C, pmin, cidx, ccost, ccount, bound, width):
     for i in prange(C.shape[0]):
         _rebuild(C, i, pmin, cidx, ccost, ccount, bound, width)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _list_best(pmin, cidx, ccost, ccount, bound, best):
     """best[i] = person i's best value, or the lower bound bound[i] when its list no longer
     holds it."""
@@ -342,7 +355,7 @@ def _list_best(pmin, cidx, ccost, ccount, bound, best):
         best[i] = min(b, bound[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fine_bids(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue, count,
                cidx, ccost, ccount, bound, width):
     """Gauss-Seidel bidding on C with candidate lists; returns (bids, whole-row reads)."""
@@ -367,7 +380,7 @@ def _fine_bids(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, ep
     return bids, reads
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _primal_dual(C, cap, pmin, best, assignment):
     """(primal cost of the assignment, dual value of the prices pmin with per-person
     best values `best`)."""
