@@ -36,7 +36,7 @@ def w2(x: torch.Tensor, y: torch.Tensor, num_itermax: int = 100_000_000) -> floa
 
 def w2_each(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
     """`w2` of each (x, y) pair, in order, as many at once as the machine has cores (the
-    auction runs without the GIL): the final evaluation's ten 2000 × 2000 solves took
+    auction runs without the GIL): the final evaluation's eight 2000 × 2000 solves took
     1.05 s on 2 cores instead of 1.6 s one after the other. One at a time where threads
     cannot solve at once (`threads_can_solve`)."""
     workers = min(len(pairs), os.cpu_count() or 1) if threads_can_solve() else 1
