@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ot_gen.matching.costs import Cost
-from ot_gen.errors import NonFiniteError, check, check_positive_int
+from ot_gen.errors import NonFiniteError, all_finite, check, check_positive_int
 
 MODES = ("minibatch", "oversampled")
 
@@ -104,7 +104,7 @@ class Matcher(nn.Module):
                 f"{m} generated points cannot give each of {n} reals {each_real} distinct partners"
             )
         for what, t in (("generated points", x), ("real points", y)):
-            if not torch.isfinite(t).all():
+            if not all_finite(t):
                 raise NonFiniteError(f"matcher {self.name}: {what} contain NaN or Inf")
         with torch.no_grad():
             start = time.perf_counter()
@@ -122,7 +122,7 @@ class Matcher(nn.Module):
     def cost_matrix(self, x: torch.Tensor, y: torch.Tensor, cost: Cost) -> torch.Tensor:
         """`cost.pairwise(x, y)`, checked finite: a cost can overflow on finite points."""
         C = cost.pairwise(x, y)
-        if not torch.isfinite(C).all():
+        if not all_finite(C):
             raise NonFiniteError(f"matcher {self.name}: the cost matrix contains NaN or Inf")
         return C
 

@@ -8,7 +8,7 @@ import warnings
 import ot
 import torch
 
-from ot_gen.errors import SolverError, check_choice, check_positive, check_positive_int
+from ot_gen.errors import SolverError, all_finite, check_choice, check_positive, check_positive_int
 from ot_gen.matching.assignment import integer_marginals
 from ot_gen.matching.base import Matcher
 
@@ -102,7 +102,7 @@ class SinkhornMatcher(IterativeSolve, Matcher):
             _, info = ot.sinkhorn(a / total, b / total, C, self.reg, method="sinkhorn_log",
                                   numItermax=self.num_itermax, stopThr=self.stop_thr, log=True)
         converged = not any("converge" in str(w.message) for w in caught)
-        if not torch.isfinite(info["log_u"]).all() or not torch.isfinite(info["log_v"]).all():
+        if not all_finite(info["log_u"]) or not all_finite(info["log_v"]):
             raise SolverError(f"matcher sinkhorn: the potentials overflowed; raise matcher.reg (now {self.reg})")
         if not converged:
             self._not_converged("the rounded plan")

@@ -18,7 +18,7 @@ import numpy as np
 import ot
 import torch
 
-from ot_gen.errors import SolverError, check, check_choice, check_positive, check_positive_int
+from ot_gen.errors import SolverError, all_finite, check, check_choice, check_positive, check_positive_int
 from ot_gen.matching.base import Matcher
 from ot_gen.matching.entropic import IterativeSolve
 
@@ -153,7 +153,7 @@ class UnbalancedMatcher(IterativeSolve, Matcher):
         a, b = C.new_full((m,), 1.0 / m), C.new_full((n,), each_real / m)
         plan, iters, converged = unbalanced_sinkhorn_log(C, a, b, self.reg, self.reg_m, self.num_itermax,
                                                           self.stop_thr)
-        if not torch.isfinite(plan).all():
+        if not all_finite(plan):
             raise SolverError(f"matcher unbalanced: the plan overflowed; raise matcher.reg (now {self.reg})")
         if not converged:
             self._not_converged("the plan as it stands")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ot_gen.matching.costs import Cost
 from ot_gen.model.ema import GeneratorEMA
-from ot_gen.errors import NonFiniteError
+from ot_gen.errors import NonFiniteError, all_finite
 from ot_gen.matching import Matcher, Matching, match_by_class
 from ot_gen.evaluation.metrics import energy_distance, sliced_w2, w2
 from ot_gen.model.modes import Mode
@@ -145,7 +145,7 @@ class OTGenerator(L.LightningModule):
             scheduler.step()
 
     def check_finite(self, t: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise NonFiniteError(
                 f"{what} became NaN/Inf at step {self.global_step} (round {int(self.rounds)}); "
                 "training stopped, the checkpoints already saved are intact; "
