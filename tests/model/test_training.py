@@ -226,7 +226,8 @@ def test_the_console_shows_what_helps_and_nothing_else(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = proc.stdout + proc.stderr
-    for unwanted in ("Tip", "GPU available", "anonymous", "LeafSpec", "Epoch", "Warning", "WARNING"):
+    for unwanted in ("Tip", "GPU available", "anonymous", "LeafSpec", "Epoch", "Warning", "WARNING",
+                     "log_every_n_steps"):
         assert unwanted not in console, f"{unwanted!r} on the console:\n{console[-3000:]}"
     assert f"run dir {out}" in console
     assert "training: 100%" in console and "40/40" in console and "matched cost" in console
