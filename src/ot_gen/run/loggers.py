@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 
-from ot_gen.errors import check_choice
+from ot_gen.errors import check, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,12 @@ def wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
 
     kwargs.setdefault("settings", wandb.Settings(quiet=True))  # no run history and summary tables on the console
     kwargs.update(_sweep_identity(kwargs))
-    logger = WandbLogger(offline=mode == "offline", **kwargs)
+    check(not (mode == "offline" and kwargs.get("log_model")), "log_model", kwargs.get("log_model"),
+          "false when W&B logs offline (checkpoints are uploaded as artifacts only online)")
+    # The mode goes to wandb.init: Lightning's offline=True would set WANDB_MODE=dryrun in
+    # the process environment, where it outlives the run (the next jobs of a multirun, child
+    # processes).
+    logger = WandbLogger(mode=mode, **kwargs)
     # Lightning passes anonymous=None, which W&B now warns about ("has no effect"); unset it.
     if logger._wandb_init.get("anonymous") is None:
         logger._wandb_init.pop("anonymous", None)
