@@ -157,6 +157,35 @@ def test_generator_ema_is_what_validation_checkpoints_and_resume_see(config):
     assert trainer.global_step == 160 and int(ema_cb._average_model.n_averaged) == 35
 
 
+def test_validation_solves_w2_beside_the_pictures_and_logs_each_validations_own(config, monkeypatch):
+    """val/w2 is solved in a thread while the callbacks draw, and logged at
+    the end of the validation: what the logger, the summary figure's curves and the final
+    evaluation see is that validation's value, not the one before."""
+    import csv
+    import threading
+
+    from ot_gen.matching.auction import threads_can_solve
+    from ot_gen.model import module as module_py
+
+    threads = []
+    solve = module_py.w2
+    monkeypatch.setattr(module_py, "w2", lambda x, y: threads.append(threading.current_thread()) or solve(x, y))
+    cfg = config("logger=csv", "trainer.max_steps=60", "mode.val_every_rounds=20", "eval.n_generated=0")
+    module, data, trainer, _ = build(cfg)
+    trainer.fit(module, datamodule=data)
+    assert len(threads) == 3 + 1, "three validations and the noise floor once"
+    assert threads[0] is threading.main_thread(), "the floor, at the first validation"
+    if threads_can_solve():
+        assert threading.main_thread() not in threads[1:]
+    with open(trainer.loggers[0].experiment.metrics_file_path) as f:
+        logged = {int(row["step"]): float(row["val/w2"]) for row in csv.DictReader(f) if row.get("val/w2")}
+    summary = next(cb for cb in trainer.callbacks if cb.__class__.__name__ == "SummaryFigure")
+    in_order = [logged[step] for step in sorted(logged)]
+    assert [h["step"] for h in summary.history] == [20, 40, 60] and len(set(in_order)) == 3
+    assert [h["val/w2"] for h in summary.history] == pytest.approx(in_order)
+    assert module.scored == (60, pytest.approx(in_order[-1]))
+
+
 @pytest.mark.e2e
 def test_train_py_as_a_user_runs_it(tmp_path):
     """`python train.py prior=gmm matcher=exact` (shortened) writes metrics.json in its run dir."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -44,6 +44,25 @@ def w2_each(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
         return [w2(x, y) for x, y in pairs]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda pair: w2(*pair), pairs))
+
+
+def in_background(fn: Callable[[], float]) -> Future:
+    """`fn()` (exact W2 solves) in a thread of its own, so that GIL-bound work (the
+    validation's pictures) runs beside it; at once, already done, where threads cannot
+    solve beside other solves (`threads_can_solve`). Its value, or its error, from
+    `.result()`."""
+    if not threads_can_solve():
+        done: Future = Future()
+        try:
+            done.set_result(fn())
+        except Exception as e:
+            done.set_exception(e)
+        return done
+    pool = ThreadPoolExecutor(1, thread_name_prefix="w2")
+    try:
+        return pool.submit(fn)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with the solve
 
 
 def w1_k_to_1(generated: torch.Tensor, reals: torch.Tensor) -> float:

@@ -290,7 +290,8 @@ class SummaryFigure(L.Callback):
         self.n_points = check_positive_int("n_points", n_points)
         self.history: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        # After the module's on_validation_epoch_end, which logs val/w2.
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
