@@ -10,6 +10,7 @@ import pytest
 from ot_gen.run import loggers
 from ot_gen.run.train import _finish_wandb
 
+
 def test_a_finished_wandb_run_is_on_disk_when_train_returns(tmp_path):
     """wandb.finish() returns before W&B's service has written the run out (in about one
     read of eight the offline file held only its header): train() closes the service too."""
