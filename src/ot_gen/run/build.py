@@ -4,6 +4,7 @@ work starts, a resume resolved once, the module built the same way for training 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -100,23 +101,25 @@ def build(cfg: DictConfig) -> Run:
     return Run(module, data, trainer, resume)
 
 
-def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> OTGenerator:
+def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursive: bool = True) -> OTGenerator:
     """The LightningModule of a run config, for data of that description: training builds
-    it from the loaded data, `python -m ot_gen.sample` from a checkpoint's run record."""
-    prior = instantiate_group("prior", cfg.prior)
+    it from the loaded data, `python -m ot_gen.sample` from a checkpoint's run record
+    (`recursive=False`: each part from its root `_target_` alone, nothing nested built)."""
+    instantiate = functools.partial(instantiate_group, recursive=recursive)
+    prior = instantiate("prior", cfg.prior)
     in_dim = cfg.network.get("in_dim", prior.dim)
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
     if cfg.get("conditional", False):
         prior = _class_conditional(cfg, prior, data)
-    generator = instantiate_group("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
-    cost, match_cost = _costs(cfg)
-    matcher = _matcher(cfg, mode, data)
-    optimizer = instantiate_group("optimizer", cfg.optimizer)
+    generator = instantiate("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
+    cost, match_cost = _costs(cfg, instantiate)
+    matcher = _matcher(cfg, mode, data, instantiate)
+    optimizer = instantiate("optimizer", cfg.optimizer)
     try:
         optimizer(generator.parameters())  # torch checks lr, betas, ... here
     except (ValueError, TypeError) as e:
         raise ConfigError("optimizer", OmegaConf.to_container(cfg.optimizer), str(e)) from None
-    scheduler = instantiate_group("scheduler", cfg.scheduler) if cfg.get("scheduler") else None
+    scheduler = instantiate("scheduler", cfg.scheduler) if cfg.get("scheduler") else None
     eta_min, lr = cfg.get("scheduler", {}).get("eta_min"), cfg.optimizer.get("lr")
     if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (eta_min, lr)):
         check(eta_min <= lr, "scheduler.eta_min", eta_min,
@@ -160,11 +163,11 @@ def _check_sweep_direction(cfg: DictConfig) -> None:
               f"minimize: optimized_metric={cfg.optimized_metric} is a distance")
 
 
-def _costs(cfg: DictConfig) -> tuple[Cost, Cost | None]:
-    cost = instantiate_group("cost", cfg.cost)
+def _costs(cfg: DictConfig, instantiate=instantiate_group) -> tuple[Cost, Cost | None]:
+    cost = instantiate("cost", cfg.cost)
     check(not cost.matches_only, "cost", cost.name,
           f"a regression cost; {cost.name} only matches: cost@match_cost={cost.name} with cost=ssim or sqeuclidean")
-    match_cost = instantiate_group("match_cost", cfg.match_cost) if cfg.get("match_cost") else None
+    match_cost = instantiate("match_cost", cfg.match_cost) if cfg.get("match_cost") else None
     return cost, match_cost
 
 
@@ -187,11 +190,11 @@ def _check_costs(module: OTGenerator, mode: Mode, shape: tuple[int, ...], data_n
 _SLOW_MATCHING = 1e11  # multiply-adds of one round's cost matrix: about a minute on 2 CPU cores
 
 
-def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo) -> Matcher:
+def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, instantiate=instantiate_group) -> Matcher:
     """The matcher, after it agreed to the mode and the strategy, given what it asks of
     the data (constructor arguments `data_shape`, `n_reals`)."""
     target = target_of("matcher", cfg.matcher)
     target.check_run(mode.name, distributed=str(cfg.trainer.get("strategy", "auto")).startswith("ddp"))
     known = {"data_shape": data.shape, "n_reals": data.n_train}
     params = inspect.signature(target).parameters
-    return instantiate_group("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})
+    return instantiate("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})

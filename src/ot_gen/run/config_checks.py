@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, check, check_positive_int
+from ot_gen.run import parts
 
 VAL_METRICS = ("val/w2", "val/w2_ratio", "val/energy", "val/sliced_w2")
 
@@ -34,10 +35,11 @@ ADDED_SINCE = {"conditional": False, "data.outliers": 0.0, "prior.adapt_weights"
 RESUME_MUST_KEEP = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision")
 
 
-def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
+def instantiate_group(group: str, node: DictConfig, recursive: bool = True, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate(node, **kwargs)`, where an unknown key, a value of the wrong
     type, or a value the target rejects becomes a `ConfigError` naming `group.key` (or the
-    group, with the target's own message, when the target does not say which key)."""
+    group, with the target's own message, when the target does not say which key).
+    `recursive=False` (a checkpoint's parts): nothing below the group's root is built."""
     target = target_of(group, node)
     params = inspect.signature(target).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -47,7 +49,7 @@ def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
                 raise ConfigError(f"{group}.{key}", node[key], f"a key of {group}: {', '.join(allowed)}")
     check_types(group, target, node)
     try:
-        return hydra.utils.instantiate(node, **kwargs)
+        return hydra.utils.instantiate(node, _recursive_=recursive, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, ConfigError):
@@ -61,23 +63,6 @@ def instantiate_group(group: str, node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def _group_kinds() -> dict[str, type]:
-    """What each group's `_target_` must build: a class of the part the run will use."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.loggers import Logger
-
-    from ot_gen.matching import Matcher
-    from ot_gen.matching.costs import Cost
-    from ot_gen.model.modes import Mode
-    from ot_gen.model.priors import Prior
-
-    return {"mode": Mode, "data": L.LightningDataModule, "prior": Prior, "network": torch.nn.Module,
-            "cost": Cost, "match_cost": Cost, "matcher": Matcher, "trainer": L.Trainer, "ema": L.Callback,
-            "callbacks": L.Callback, "logger": Logger, "optimizer": torch.optim.Optimizer,
-            "scheduler": torch.optim.lr_scheduler.LRScheduler}
-
-
 def target_of(group: str, node: DictConfig) -> Any:
     """The class that `group._target_` names, when it can be imported and builds the kind
     of part the group is for: anything else (a function, a string constant, another
@@ -87,7 +72,8 @@ def target_of(group: str, node: DictConfig) -> Any:
         target = hydra.utils.get_object(name)
     except Exception as e:
         raise ConfigError(f"{group}._target_", name, f"an importable class ({str(e).splitlines()[0]})") from None
-    kind = _group_kinds().get(group.split(".")[0])
+    slot = parts.slot_of(group)
+    kind = None if slot is None else parts.kind(slot)
     builds = target if isinstance(target, type) else _returns(target)
     if kind is not None and not (isinstance(builds, type) and issubclass(builds, kind)):
         what = f"a {type(target).__name__}" if not isinstance(target, type) else f"the class {target.__qualname__}"

@@ -5,6 +5,7 @@ streams. One callback writes it; `read` gives it back to a resume (`train.py`) o
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from ot_gen import rng
+from ot_gen.run import parts
 from ot_gen.run.checkpoints import CheckpointError
 
 KEY = "ot_gen"
@@ -42,9 +44,24 @@ class DataInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
+        """From a run record; a value no data set has (a negative size, a shape of 0 or 5
+        dimensions, a range that is not two finite numbers low < high) is a ValueError."""
         value_range, counts = d.get("value_range"), d.get("class_counts")
-        return cls(tuple(d["shape"]), int(d["n_train"]), None if value_range is None else tuple(value_range),
-                   None if counts is None else tuple(int(c) for c in counts))
+        shape, n_train = tuple(d["shape"]), d["n_train"]
+        if not (1 <= len(shape) <= 3 and all(_count(s, 1) for s in shape) and _count(n_train, 1)):
+            raise ValueError(f"shape {list(shape)}, n_train {n_train!r}: 1-3 positive sizes and a positive count")
+        if value_range is not None:
+            value_range = tuple(value_range)
+            if not (len(value_range) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                  for v in value_range) and value_range[0] < value_range[1]):
+                raise ValueError(f"value_range {list(value_range)}: two finite numbers, low < high")
+        if counts is not None and not (len(counts) >= 1 and all(_count(c, 0) for c in counts)):
+            raise ValueError(f"class_counts {counts!r}: counts >= 0")
+        return cls(shape, int(n_train), value_range, None if counts is None else tuple(int(c) for c in counts))
+
+
+def _count(v: Any, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
 
 @dataclass(frozen=True)
@@ -97,41 +114,80 @@ def current_target(target: str) -> str:
     return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
 
 
-def _current_targets(node: Any) -> Any:
+# Keys that make Hydra call or build something other than the slot's own class.
+_META = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+_DATA = (str, int, float, bool, type(None))
+
+
+def _refuse(path: str | Path, key: str, value: Any, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path}: its run record's {key}={value!r} is not allowed: {why}; "
+                           "nothing was built (a checkpoint's config is data)")
+
+
+def data_only(node: Any, key: str, path: str | Path) -> Any:
+    """`node` as plain data (numbers, strings, booleans, null, lists and mappings) with
+    every `_target_` where a part may stand checked against `parts.registered`: a
+    `_target_` elsewhere, `_args_`/`_recursive_`/`_convert_` anywhere, `_partial_` where
+    the slot builds no partial, an interpolation (`${...}`) or any other object is
+    refused, naming its key. Old module paths (`MOVED_MODULES`) read as today's."""
     if isinstance(node, dict):
-        return {k: current_target(v) if k == "_target_" and isinstance(v, str) else _current_targets(v)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_current_targets(v) for v in node]
+        out = {}
+        slot = parts.slot_of(key) if key else None
+        for k, v in node.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise _refuse(path, key or "<root>", k, "a mapping key that is not a string")
+            if k in _META:
+                out[k] = _meta(slot, key, str(k), v, path)
+            else:
+                out[k] = data_only(v, sub, path)
+        return out
+    if isinstance(node, (list, tuple)):
+        return [data_only(v, f"{key}.{i}", path) for i, v in enumerate(node)]
+    if not isinstance(node, _DATA):
+        raise _refuse(path, key, type(node).__name__, "numbers, strings, booleans, null, lists and mappings only")
+    if isinstance(node, str) and "${" in node:
+        raise _refuse(path, key, node, "a plain string; an interpolation is resolved when read (configs are saved "
+                                       "resolved)")
     return node
 
 
-# What a `_target_` read back from a checkpoint may name: the project's own parts and the
-# library classes its conf/ builds. `python -m ot_gen.sample` builds the module from a run
-# record, so any other callable (shutil.copyfile, ...) is refused before anything is built.
-ALLOWED_TARGETS = ("ot_gen.", "torch.optim.", "lightning.pytorch.Trainer", "lightning.pytorch.callbacks.",
-                   "lightning.pytorch.loggers.", "datetime.timedelta")
+def _meta(slot: parts.Slot | None, key: str, name: str, value: Any, path: str | Path) -> Any:
+    where = f"{key}.{name}" if key else name
+    if name == "_target_":
+        if slot is None:
+            raise _refuse(path, where, value, "a _target_ stands only at the root of a part (prior, network, "
+                                              "matcher, ...); below it everything is plain data")
+        target = current_target(value) if isinstance(value, str) else value
+        if target not in parts.registered(slot.pattern):
+            raise _refuse(path, where, value, f"one of the classes registered for {slot.pattern} "
+                                              f"({_shown(parts.names(slot.pattern))})")
+        return target
+    if name == "_partial_" and slot is not None and slot.partial and value is True:
+        return value
+    raise _refuse(path, where, value, f"{name} is not part of a saved run config"
+                                      + (f" at {key or 'the root'}" if name == "_partial_" else ""))
 
 
-def _targets(node: Any, key: str = "") -> list[tuple[str, Any]]:
-    if isinstance(node, dict):
-        found = [(f"{key}{k}", v) for k, v in node.items() if k == "_target_"]
-        return found + [t for k, v in node.items() if k != "_target_" for t in _targets(v, f"{key}{k}.")]
-    if isinstance(node, list):
-        return [t for i, v in enumerate(node) for t in _targets(v, f"{key}{i}.")]
-    return []
+def _shown(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def read(checkpoint: dict[str, Any], path: str | Path) -> Record:
-    """The record of a loaded checkpoint, its `_target_`s as the package names them now;
-    an error naming the file when it has none, or naming the key of a `_target_` outside
-    `ALLOWED_TARGETS`."""
+    """The record of a loaded checkpoint, its config checked to be data (`data_only`)
+    before anything reads it: an error naming the file when it has no record, or naming
+    the key of anything in it that could choose code."""
     record = checkpoint.get(KEY)
     if not isinstance(record, dict) or "config" not in record or "data" not in record:
         raise CheckpointError(f"checkpoint {path} was not written by ot_gen training (no run record)")
-    config = _current_targets(record["config"])
-    for key, target in _targets(config):
-        if not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
-            raise CheckpointError(f"checkpoint {path}: its run record's {key}={target!r} is not one of ot_gen's "
-                                  f"parts or the libraries it builds ({', '.join(ALLOWED_TARGETS)}); nothing was built")
-    return Record(config, DataInfo.from_dict(record["data"]), record.get("wandb_run_id"))
+    if not isinstance(record["config"], dict):
+        raise _refuse(path, "config", type(record["config"]).__name__, "a mapping")
+    config = data_only(record["config"], "", path)
+    try:
+        data = DataInfo.from_dict(data_only(record["data"], "data", path))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its run record's data description is damaged ({e!r})") from None
+    wandb_id = record.get("wandb_run_id")
+    if wandb_id is not None and not isinstance(wandb_id, str):
+        raise _refuse(path, "wandb_run_id", wandb_id, "a string")
+    return Record(config, data, wandb_id)

@@ -35,8 +35,8 @@ def load_module(ckpt_path: str | Path, device: str = "cpu") -> tuple[OTGenerator
     """(the trained module in eval mode, the description of its data) from a checkpoint."""
     ckpt = checkpoints.load(ckpt_path)
     record = run_record.read(ckpt, ckpt_path)
-    cfg = OmegaConf.create(record.config)
-    module = build_module(cfg, instantiate_group("mode", cfg.mode), record.data)
+    cfg = OmegaConf.create(record.config)  # data only (run_record.read), each part rebuilt from its registered class
+    module = build_module(cfg, instantiate_group("mode", cfg.mode, recursive=False), record.data, recursive=False)
     module.load_state_dict(ckpt["state_dict"])
     return module.to(device).eval(), record.data
 
