@@ -76,3 +76,37 @@ def test_a_project_class_in_the_wrong_group_is_refused_in_one_line(tmp_path, cap
     assert code != 0 and err.count("\n") == 1, err
     assert "prior._target_='ot_gen.model.networks.MLP' is not allowed: one of the classes registered for prior" in err
     assert not (tmp_path / "s.npy").exists()
+
+
+def _run(tmp_path, *overrides):
+    from conftest import make_config
+    from ot_gen.run.train import run
+
+    return run(make_config("network.width=16", "eval.n_generated=0", "callbacks.point_cloud_plots=null",
+                           "mode.val_every_rounds=5", *overrides, out_dir=tmp_path / "run"))
+
+
+@pytest.mark.parametrize("field", ["best_k_models", "last_model_path"])
+def test_a_checkpoint_whose_callback_state_names_files_outside_its_folder_is_refused(tmp_path, field):
+    """Lightning's ModelCheckpoint reloads best_k_models and last_model_path from the
+    checkpoint when resumed in its own folder, and removes the worst of them (the previous
+    last) later; it keeps removals inside its folder by testing `dirpath in path.parents`,
+    which `checkpoints/../../thesis.tex` passes. A resume must never delete a file."""
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("years of work")
+    _run(tmp_path, "trainer.max_steps=10")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    outside = str(tmp_path / "run" / "checkpoints" / ".." / ".." / "thesis.tex")
+    for key, state in ckpt["callbacks"].items():
+        if key.startswith("ModelCheckpoint") and state.get("dirpath"):
+            if field == "best_k_models":
+                state.update(best_k_models={outside: torch.tensor(float("inf"))}, kth_best_model_path=outside,
+                             kth_value=torch.tensor(float("inf")), best_model_score=torch.tensor(float("inf")))
+            else:
+                state["last_model_path"] = outside
+    torch.save(ckpt, last)
+    with pytest.raises(CheckpointError, match=r"its callback state's ModelCheckpoint.*names a file outside its "
+                                              r"checkpoints folder .*thesis.tex'; a resume would remove it"):
+        _run(tmp_path, "trainer.max_steps=20", f"ckpt_path={last}")
+    assert victim.read_text() == "years of work"

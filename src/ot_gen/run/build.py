@@ -59,7 +59,9 @@ def resume_of(ckpt_path: str | None, runs_dir: Path) -> Resume | None:
     if ckpt_path == "last":
         log.info("ckpt_path=last: resuming from %s", path)
     checkpoint = checkpoints.load(path)
-    return Resume(path, checkpoint, run_record.read(checkpoint, path))
+    record = run_record.read(checkpoint, path)
+    checkpoints.check_callback_files(checkpoint, path)
+    return Resume(path, checkpoint, record)
 
 
 def build(cfg: DictConfig) -> Run:

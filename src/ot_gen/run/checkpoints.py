@@ -45,6 +45,38 @@ def load(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
+# The files a ModelCheckpoint's saved state names, which it reloads on a resume in the same
+# folder and later removes (the worst of the top k, the previous last.ckpt).
+_NAMED_FILES = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def check_callback_files(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """A resumed checkpoint's callback states name only checkpoint files in their own
+    folder. Lightning keeps its removals inside the folder by testing `dirpath in
+    file.parents`, which `checkpoints/../../thesis.tex` passes, and removes a remote
+    file (`s3://...`) without any test: a downloaded checkpoint resumed in its folder
+    could delete any file. Refused, naming the state and the file."""
+    states = checkpoint.get("callbacks") or {}
+    if not isinstance(states, dict):
+        raise CheckpointError(f"checkpoint {path}: its callback states are a {type(states).__name__}, not a mapping")
+    for name, state in states.items():
+        if not isinstance(state, dict) or not isinstance(state.get("dirpath"), (str, type(None))):
+            continue
+        best_k = state.get("best_k_models") or {}
+        named = [(field, state.get(field)) for field in _NAMED_FILES]
+        named += [("best_k_models", f) for f in (best_k if isinstance(best_k, dict) else {"": None})]
+        folder = os.path.realpath(state["dirpath"]) if state.get("dirpath") else None
+        for field, file in named:
+            if file in (None, "") and field != "best_k_models":
+                continue
+            inside = isinstance(file, str) and "://" not in file and folder is not None \
+                and os.path.dirname(os.path.realpath(file)) == folder and file.endswith(".ckpt")
+            if not inside:
+                raise CheckpointError(f"checkpoint {path}: its callback state's {name}.{field} names a file outside "
+                                      f"its checkpoints folder {state.get('dirpath')!r}: {file!r}; a resume would "
+                                      "remove it later. Refused; nothing was built")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to `<name>.tmp`, flushes it to disk, then renames it over
     the target: a crash while saving leaves the previous checkpoint intact, never a torn
