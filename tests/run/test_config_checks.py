@@ -131,7 +131,8 @@ def test_the_default_config_is_the_documented_one(config):
         ("trainer.max_steps=999999999999999999999",
          "trainer.max_steps=999999999999999999999 is not allowed: at most 1,000,000,000"),
         ("prior=gmm prior.n_components=1000000000000",
-         "prior.n_components=1000000000000 is not allowed: 1000000000000 centres in 2 dimensions needs about 7,450.6 GiB"),
+         "prior.n_components=1000000000000 is not allowed: a mixture of 1,000,000,000,000 components in 2 dimensions "
+         "needs about 7,450.6 GiB, and this process may take"),
         ("mode=oversampled mode.k=100000000", "mode.k=100000000 is not allowed: a round of 50,000,000,000 generated "
          "points matched to 500 reals needs about"),
         ("mode.ratio=100000", "mode.ratio=100000 is not allowed: a round of 25,600,000 generated points matched to "

@@ -106,8 +106,12 @@ class GaussianMixturePrior(Prior):
         super().__init__(dim)
         self.n_components = check_positive_int("n_components", n_components)
         self.sigma = self.noise_std = check_positive("sigma", sigma)
-        check_fits("n_components", n_components, 4.0 * n_components * dim, f"{n_components} centres in {dim} dimensions",
-                   "use fewer components")
+        # centres (float32); an adaptive mixture's weights (float64) and sigmas, and the
+        # per-component terms of `components_of` (its chunks of distances: at most 64 MiB)
+        adaptive = adapt_weights is True or adapt_sigma is True
+        tables = n_components * (4.0 * dim + (24 if adaptive else 0)) + (2**26 if adaptive else 0)
+        check_fits("n_components", n_components, tables, f"a mixture of {n_components:,} components in {dim} "
+                   "dimensions", "use fewer components")
         self.seed = int(seed)
         gen = torch.Generator().manual_seed(self.seed)
         self.register_buffer("centres", torch.randn(n_components, dim, generator=gen))
