@@ -323,3 +323,54 @@ def test_an_image_folder_of_class_subfolders_is_labelled_by_subfolder(tmp_path, 
     module = build(config("data=image_folder", f"data.root={tmp_path / 'pets'}", "val_samples=2", "data.n_train=null",
                           "mode.batch_size=4", "conditional=true"))[0]
     assert module.prior.n_classes == 2
+
+
+def _pets(root, rng, classes=(("cats", 4), ("dogs", 3))):
+    from PIL import Image
+
+    for name, count in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_a_symlinked_class_folder_is_followed_and_a_loop_is_entered_once(tmp_path, caplog):
+    """A class folder linked in from elsewhere was silently left out (and the run then
+    failed on the batch size); a link back up the tree must not loop."""
+    rng = np.random.default_rng(2)
+    _pets(tmp_path / "elsewhere", rng, (("dogs", 3),))
+    _pets(tmp_path / "pets", rng, (("cats", 4),))
+    (tmp_path / "pets" / "dogs").symlink_to(tmp_path / "elsewhere" / "dogs", target_is_directory=True)
+    (tmp_path / "pets" / "cats" / "again").symlink_to(tmp_path / "pets", target_is_directory=True)
+    dm = datamodule("image_folder", tmp_path, root=str(tmp_path / "pets"), image_size=16, n_val=2)
+    labels = torch.cat([dm.train_labels, dm.val_labels])
+    assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1]
+    assert "not entering" in caplog.text and "again" in caplog.text
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped_and_lossy_conversions_are_said_once(tmp_path, caplog):
+    """PIL's convert("L") clips 16-bit values at 255: a 16-bit ramp read almost white
+    (mean 254.5 of 255)."""
+    from PIL import Image
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65280
+    for i in range(3):
+        Image.fromarray(ramp).save(root / f"scan{i}.png")
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(root / "logo.png")
+    Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8)).save(root / "photo.png")
+    from ot_gen.data.image_readers import load_image_folder
+
+    x, _ = load_image_folder(root, image_size=16, channels=1, on_bad_file="fail")["train"]
+    scans = x[2:]  # sorted: logo, photo, scan0..2
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    assert np.abs(scans[0, 0].numpy().astype(int) - expected.astype(int)).max() <= 1
+    assert abs(float(scans.float().mean()) - float(expected.mean())) < 1.0  # 127, not 254.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("16- or 32-bit values are scaled to 8 bits" in w for w in warnings) == 1
+    assert sum("3 of 5 images" in w for w in warnings) == 1
+    assert sum("alpha channel" in w for w in warnings) == 1
+    assert sum("converted to grayscale" in w and "RGB" in w for w in warnings) == 1

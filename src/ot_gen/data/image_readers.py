@@ -239,18 +239,70 @@ def load_cifar10(root: Path, download: bool) -> Splits:
 # -- any folder of images -------------------------------------------------------------------------
 def _image_files(root: Path) -> tuple[list[Path], list[tuple[str, OSError]]]:
     """The image files under `root`, sorted, and the folders that could not be listed
-    (pathlib's rglob passes over those in silence)."""
+    (pathlib's rglob passes over those in silence). A symlinked folder (a class folder
+    linked in from elsewhere) is followed; a folder reached a second time (a link to
+    itself or to a folder above it) is not entered again, and is named in the log."""
     unlisted: list[tuple[str, OSError]] = []
-    files = []
-    for folder, _, names in os.walk(root, onerror=lambda e: unlisted.append((e.filename, e))):
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, onerror=lambda e: unlisted.append((e.filename, e)), followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            log.warning("image_folder: not entering %s again: it is a link to a folder already read (a loop)", folder)
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         files += [Path(folder, n) for n in names if Path(n).suffix.lower() in IMG_EXTENSIONS]
     return sorted(files), unlisted
 
 
+# Conversions that lose part of what an image holds, said once per kind in the log.
+_LOSSES = {
+    "alpha": "their alpha channel (transparency) is dropped: transparent pixels show the colour stored under them",
+    "colour": "their colour is converted to grayscale (data.channels=1)",
+    "bits": "their 16- or 32-bit values are scaled to 8 bits",
+    "space": "their colour space ({modes}) is converted to RGB",
+}
+
+
+def _pixels(img: Image.Image, channels: int, image_size: int, losses: dict[str, list]) -> np.ndarray:
+    """An image as uint8 (image_size, image_size, channels), its information loss noted
+    in `losses` (kind -> [modes]). 16-bit images are scaled by 255/65535 (PIL's own
+    conversion clips them at 255: almost white); 32-bit integer and float images by their
+    range: 16-bit when a value exceeds 255, 8-bit otherwise."""
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+            losses["bits"].append(mode)
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    elif "A" in mode or "a" in mode or (mode == "P" and "transparency" in img.info):
+        losses["alpha"].append(mode)
+    if channels == 1 and img.mode not in ("L", "1", "LA", "La"):
+        losses["colour"].append(img.mode)
+    elif channels == 3 and img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        losses["space"].append(img.mode)
+    img = img.convert({1: "L", 3: "RGB"}[channels]).resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels)
+
+
+def _say_losses(losses: dict[str, list], n: int) -> None:
+    for kind, modes in losses.items():
+        if modes:
+            shown = ", ".join(sorted(set(modes)))
+            log.warning("image_folder: %d of %d images: %s (modes %s)", len(modes), n,
+                        _LOSSES[kind].format(modes=shown), shown)
+
+
 def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: str) -> Splits:
-    """Every image file under `root` (recursively, any format PIL reads), converted to
-    `channels` (1: grayscale, 3: RGB) and resized to image_size × image_size; labelled by
-    first-level subfolder when every image is in one (`_folder_labels`).
+    """Every image file under `root` (recursively, any format PIL reads, symlinked folders
+    followed), converted to `channels` (1: grayscale, 3: RGB; 16-bit images scaled, not
+    clipped) and resized to image_size × image_size; labelled by first-level subfolder
+    when every image is in one (`_folder_labels`). A conversion that loses information
+    (alpha, colour, bit depth) is said once per kind.
     An unreadable file is named in the log and skipped (`on_bad_file=skip`) or is an error."""
     if not root.is_dir():
         raise DataFileError(f"image_folder: data.root={root} is not a folder")
@@ -264,13 +316,12 @@ def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: s
         unreadable = f"; {len(unlisted)} folder(s) could not be listed" if unlisted else ""
         raise DataFileError(f"image_folder: no image files ({', '.join(IMG_EXTENSIONS)}) under "
                             f"data.root={root}{unreadable}")
-    mode = {1: "L", 3: "RGB"}[channels]
     images, skipped, read = [], [], []
+    losses: dict[str, list] = {kind: [] for kind in _LOSSES}
     for path in files:
         try:
             with Image.open(path) as img:
-                img = img.convert(mode).resize((image_size, image_size), Image.Resampling.BICUBIC)
-                images.append(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels))
+                images.append(_pixels(img, channels, image_size, losses))
                 read.append(path)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -283,6 +334,7 @@ def load_image_folder(root: Path, image_size: int, channels: int, on_bad_file: s
         raise DataFileError(f"image_folder: none of the {len(files)} files under {root} could be read")
     if skipped:
         log.warning("image_folder: skipped %d unreadable file(s) of %d", len(skipped), len(files))
+    _say_losses(losses, len(images))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return {"train": (x, _folder_labels(root, read))}
 
