@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -346,3 +347,29 @@ def test_wandb_runs_of_a_sweep_share_a_group_and_are_named_by_their_overrides(tm
     assert swept._wandb_init["group"] == f"{job_name} 2026-12-03_12-00-00"
     assert swept._wandb_init["name"] == "1: matcher=sinkhorn,seed=1"
     assert (named._wandb_init["group"], named._wandb_init["name"]) == ("mine", "this one")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_a_job_of_a_finished_sweep_resumed_in_its_folder_rewrites_the_sweeps_summary(tmp_path):
+    """Its metrics.json was updated, but summary.md/.csv kept the old row, saying nothing."""
+    sweep = tmp_path / "sweep"
+    common = [*FAST, "eval.n_generated=1000", "mode.val_every_rounds=10", "callbacks.point_cloud_plots.n_points=100"]
+    cmd = [sys.executable, "train.py", "-m", "matcher=exact,random", *common, "trainer.max_steps=10",
+           f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = list(csv.DictReader(open(sweep / "summary.csv")))
+    job = sweep / "1"
+    cmd = [sys.executable, "train.py", "matcher=random", *common, "trainer.max_steps=30",
+           f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={job}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the sweep's summary is rewritten with its new row" in proc.stdout + proc.stderr
+    after = list(csv.DictReader(open(sweep / "summary.csv")))
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["steps"] == 30
+    assert float(after[1]["val/w2"]) == pytest.approx(metrics["val/w2"]) != float(before[1]["val/w2"])
+    assert after[0] == {**before[0], "trainer.max_steps": "10"}, "job 0 as it was; the jobs' lengths now differ"
+    assert after[1]["matcher"] == "random" and after[1]["trainer.max_steps"] == "30"
+    assert "ckpt_path" not in after[1], "how a job was restarted is no choice of the sweep"

@@ -11,6 +11,7 @@ import atexit
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,15 @@ def _metrics(job: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+NOT_CHOICES = ("ckpt_path", "overwrite")  # how a job was (re)started, not what it trains
+
+
 def _overrides(job: Path) -> dict[str, str]:
     path = job / ".hydra" / "overrides.yaml"
     items = OmegaConf.load(path) if path.exists() else []
-    return dict(str(item).split("=", 1) for item in items if "=" in str(item))
+    pairs = (str(item).split("=", 1) for item in items if "=" in str(item))
+    # Hydra's sweeper writes a job's booleans as Python does (False), a run as typed (false)
+    return {k: {"True": "true", "False": "false"}.get(v, v) for k, v in pairs if k.lstrip("+~") not in NOT_CHOICES}
 
 
 def write(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
@@ -91,6 +97,20 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = collect(sweep_dir) if sweep_dir.is_dir() else []
     write(rows, sweep_dir)
     return rows
+
+
+def _refresh_sweep_of(run_dir: Path) -> None:
+    """When `run_dir` is a job folder of a sweep that has a summary (`<sweep>/<n>/`
+    beside `multirun.yaml`), write the sweep's summary again: its rows stay those of
+    the jobs as they stand, never a finished job's old figures."""
+    sweep_dir = run_dir.parent
+    if not (run_dir.name.isdigit() and (sweep_dir / "multirun.yaml").is_file() and (sweep_dir / "summary.csv").exists()):
+        return
+    if any(os.environ.get(v, "0") not in ("0", "") for v in ("LOCAL_RANK", "RANK")):
+        return  # rank 0 writes it
+    summarize(sweep_dir)
+    log.info("job %s of the sweep %s ran again: the sweep's summary is rewritten with its new row (%s)",
+             run_dir.name, sweep_dir, sweep_dir / "summary.md")
 
 
 def _summary_if_missing(sweep_dir: Path) -> None:
@@ -124,8 +144,13 @@ class SweepSummary(Callback):
             sys.exit(1)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        """A job stopped by SIGTERM stops the sweep: its summary so far, then exit 143."""
-        if config.hydra.mode != RunMode.MULTIRUN or not isinstance(job_return._return_value, Interrupted):
+        """A job stopped by SIGTERM stops the sweep: its summary so far, then exit 143. A
+        single run in a job folder of a sweep (a job resumed, or run again, in its own
+        folder): the sweep's summary rewritten with its new row."""
+        if config.hydra.mode == RunMode.RUN:
+            _refresh_sweep_of(Path(config.hydra.runtime.output_dir))
+            return
+        if not isinstance(job_return._return_value, Interrupted):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = summarize(sweep_dir)
