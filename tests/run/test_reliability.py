@@ -95,10 +95,61 @@ def test_a_run_that_failed_before_saving_anything_is_no_run_to_protect(tmp_path)
     (failed / "train.log").write_text("...")
     cfg = _hydra_config(failed, "hydra.job.name=train", f"hydra.run.dir={failed}")
     assert claim(cfg, "hydra.run.dir", ".hydra", exclusive_dir=True) == failed
-    assert [p.name for p in failed.rglob("*")] == [".hydra"], "the failed attempt's files are gone"
+    assert sorted(p.name for p in failed.rglob("*")) == [".hydra", "run.lock"], "the failed attempt's files are gone"
     with pytest.raises(SystemExit):
         claim(_hydra_config(running, f"hydra.run.dir={running}"), "hydra.run.dir", ".hydra", exclusive_dir=True)
     assert (running / ".hydra" / "config.yaml").exists()
+
+
+def test_a_killed_run_that_saved_nothing_is_replaced_and_one_in_progress_is_named(tmp_path, caplog, capsys):
+    """A run SIGKILLed before its first checkpoint left a folder that a rerun refused with
+    "resume it with ckpt_path=<its checkpoints/last.ckpt>", a file that did not exist."""
+    from ot_gen.launch.run_dirs import LOCK, claim
+
+    killed, running = tmp_path / "killed", tmp_path / "running"
+    for folder in (killed, running):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / LOCK).write_text("12345\n")  # what a run's process leaves; the kernel freed its lock
+        (folder / "train.log").write_text("...")
+        (folder / "wandb").mkdir()
+    cfg = _hydra_config(killed, "hydra.job.name=train", f"hydra.run.dir={killed}")
+    assert claim(cfg, "hydra.run.dir", ".hydra", exclusive_dir=True) == killed
+    assert sorted(p.name for p in killed.rglob("*")) == [".hydra", "run.lock"], "the killed run's files are gone"
+    assert "ended before saving anything" in caplog.text
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl, time; f = open({str(running / LOCK)!r}); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    with reaped(holder):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as exit_:
+            claim(_hydra_config(running, f"hydra.run.dir={running}"), "hydra.run.dir", ".hydra", exclusive_dir=True)
+    assert exit_.value.code == 2 and (running / "train.log").exists()
+    err = capsys.readouterr().err
+    assert f"a run is in progress in it (process 12345). When that run is over, pass overwrite=true" in err
+    assert "ckpt_path" not in err
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_rerunning_the_folder_of_a_run_killed_before_its_first_checkpoint_just_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *TINY, "trainer.max_steps=100000", "mode.val_every_rounds=100000",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    with reaped(proc):
+        deadline = time.time() + 120
+        while not (run_dir / ".hydra" / "config.yaml").exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # training, no checkpoint yet
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "checkpoints").exists()
+    again = train(*TINY, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "ended before saving anything" in again.stdout + again.stderr
+    assert (run_dir / "metrics.json").exists()
 
 
 def _hydra_config(run_dir: Path, *overrides: str):

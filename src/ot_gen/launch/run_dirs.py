@@ -4,8 +4,9 @@ Hydra writes anything into it.
 - A folder that already holds a run (its `.hydra/`, `metrics.json` or checkpoints) is
   refused unless the run resumes a checkpoint inside it (`ckpt_path=`) or the user says
   `overwrite=true` (then that run's files are removed first, nothing else). A run that
-  failed before saving anything (its `failed.txt`, no checkpoint, no metrics: a config
-  typo) is no run to protect: its files are replaced.
+  ended before saving anything (no checkpoint, no metrics) is no run to protect: one that
+  failed (its `failed.txt`: a config typo) or was killed (its `.hydra/run.lock` no longer
+  held: every run holds a lock on it while its process lives) has its files replaced.
 - The claim is atomic (an exclusive `mkdir` of `.hydra/`, an exclusive create of
   `multirun.yaml`): two runs started in the same second, in two terminals, never share
   the default folder; the second gets `<name>_2` (`_3`, ...). A folder the user named
@@ -17,6 +18,8 @@ Every refusal is one line on stderr and exit code 2, as for any config error.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import shutil
 import sys
@@ -28,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ot_gen.run.checkpoints import resolve_ckpt_path
 from ot_gen.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = ("metrics.json", "metrics.json.tmp", "checkpoints", "plots", "wandb", "tensorboard", "csv", ".hydra",
              "failed.txt", "interrupted.txt")
@@ -94,21 +99,85 @@ def claim(config: DictConfig, key: str, marker: str, exclusive_dir: bool) -> Pat
     for attempt in range(2, 1000):
         _check_writable(folder, key)
         held = holds_run(folder) if exclusive_dir else [m for m in (marker,) if (folder / m).exists()]
-        if exclusive_dir and held == [".hydra"] and (folder / "failed.txt").exists():
-            _remove_run(folder, config.hydra.job.name, sweep=False)  # failed before saving anything
+        saved_nothing = exclusive_dir and held == [".hydra"]  # no checkpoint, no metrics.json
+        if saved_nothing and ((folder / "failed.txt").exists() or _owner_gone(folder)):
+            if not (folder / "failed.txt").exists():
+                log.warning("%s=%s held a run that ended before saving anything (no checkpoint, no metrics.json: "
+                            "killed before its first checkpoint); its files are replaced by this run's", key, folder)
+            _remove_run(folder, config.hydra.job.name, sweep=False)
             held = []
         if held and (overwrite or (exclusive_dir and _resumes_from(config, folder))):
             if overwrite:
                 _remove_run(folder, config.hydra.job.name, sweep=not exclusive_dir)
             _claim(folder, marker, exclusive_dir)
-            return folder
+            return _held(folder) if exclusive_dir else folder
         if not held and _claim(folder, marker, exclusive_dir):
-            return folder
+            return _held(folder) if exclusive_dir else folder
         if explicit:
-            _fail(key, folder, f"a folder without a run; it holds one ({', '.join(held) or marker}). Resume it with "
-                  "ckpt_path=<its checkpoints/last.ckpt>, pass overwrite=true to replace it, or choose another folder")
+            _fail(key, folder, _what_to_do(folder, held, marker, exclusive_dir))
         folder = base.with_name(f"{base.name}_{attempt}")
     raise RuntimeError(f"no free folder next to {base}")
+
+
+def _what_to_do(folder: Path, held: list[str], marker: str, exclusive_dir: bool) -> str:
+    """The refusal of a folder the user named, with what exactly to do."""
+    if not exclusive_dir:
+        return (f"a folder without a sweep; it holds one ({marker}). Pass overwrite=true to replace it, or choose "
+                "another folder")
+    owner = _owner(folder)
+    if held == [".hydra"]:
+        now = f"a run is in progress in it (process {owner})" if owner else \
+            "it holds a run that saved nothing yet (no checkpoint, no metrics.json), which may still be running"
+        return (f"a folder without a run; {now}. When that run is over, pass overwrite=true to replace it; "
+                "or choose another folder")
+    last = folder / "checkpoints" / "last.ckpt"
+    resume = f"Resume it with ckpt_path={last}, " if last.is_file() else ""
+    running = f" (in progress: process {owner})" if owner else ""
+    return (f"a folder without a run; it holds one ({', '.join(held)}){running}. {resume}pass overwrite=true to "
+            "replace it, or choose another folder")
+
+
+# -- a run's hold on its folder: a lock its process keeps until it ends (a kill included) --------
+LOCK = ".hydra/run.lock"
+_locks: dict[Path, Any] = {}  # folder -> the open lock file of this process's claim
+
+
+def _held(folder: Path) -> Path:
+    """Take the lock of a folder just claimed: held until this process ends, so a later run
+    can tell a run in progress from one that was killed (its lock released by the kernel)."""
+    try:
+        lock = open(folder / LOCK, "a+")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        _locks[folder.resolve()] = lock
+    except OSError:
+        log.debug("no lock on %s (a file system without flock): a killed run there stays refused", folder)
+    return folder
+
+
+def _owner(folder: Path) -> int | None:
+    """The process that holds `folder`'s lock, when one does."""
+    path = folder / LOCK
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                text = f.read().strip()
+                return int(text) if text.isdigit() else -1
+    except OSError:
+        return None
+
+
+def _owner_gone(folder: Path) -> bool:
+    """Whether the run that claimed `folder` has ended: its lock file is there and no
+    process holds it. A folder without a lock file (made before the lock existed, or in
+    the instant between the claim and the lock) is never taken for abandoned."""
+    return (folder / LOCK).is_file() and folder.resolve() not in _locks and _owner(folder) is None
 
 
 def _remove_run(folder: Path, job_name: str, sweep: bool) -> None:
