@@ -118,3 +118,37 @@ def test_a_ddp_checkpoint_taken_mid_pass_resumes_under_ddp(tmp_path):
     assert load(ckpt)["global_step"] == 10
     resumed = ddp_train("trainer.max_steps=16", "mode.val_every_rounds=5", f"ckpt_path={ckpt}")
     assert resumed["steps"] == 16 and resumed["rounds"] == 16
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("killed", ["rank 1", "rank 0"])
+def test_a_dead_rank_is_named_in_one_line_with_the_checkpoint_that_resumes(tmp_path, killed):
+    """SIGKILL of one rank left the other exiting with gloo's "Connection reset by peer"
+    traceback, saying nothing of what died or how to go on."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *DDP[:-1], "trainer.max_steps=100000", "mode.val_every_rounds=5",
+           "callbacks.point_cloud_plots.n_points=100", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    with reaped(proc):
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        deadline = time.time() + 180
+        while not ckpt.exists():
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        rank1 = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        victim = rank1 if killed == "rank 1" else proc.pid
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 60
+        while subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).returncode == 0:
+            assert time.time() < deadline, "a rank is left running"
+            time.sleep(0.2)
+        out = proc.stdout.read()
+    said = [line for line in out.splitlines() if "distributed run:" in line]
+    assert len(said) == 1, out[-3000:]
+    assert f"{killed} (process {victim}" in said[0] and "died" in said[0], said[0]
+    step = load(ckpt)["global_step"]
+    assert f"checkpoints/last.ckpt (step {step}) resumes the run: ckpt_path={ckpt}" in said[0]
+    assert "Traceback" not in out and "GLHF" not in out, out[-3000:]

@@ -23,7 +23,7 @@ from ot_gen.errors import ConfigError, Interrupted, OTGenError
 from ot_gen.evaluation.final import final_metrics
 from ot_gen.run import checkpoints
 from ot_gen.run.build import build
-from ot_gen.run import preemption
+from ot_gen.run import peer_loss, preemption
 from ot_gen.run.preemption import stops_on_sigterm
 from ot_gen.run.progress import ValidationClock
 
@@ -38,9 +38,15 @@ def run(cfg: DictConfig) -> float:
     # A resume times only this session's work: the steps and rounds it starts from.
     steps_before = int(resume.checkpoint.get("global_step", 0)) if resume else 0
     rounds_before = int(resume.checkpoint.get("state_dict", {}).get("rounds", 0)) if resume else 0
+    parent = os.getppid()  # a DDP rank > 0: its parent is rank 0
     try:
         fit_start = time.perf_counter()
-        trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else resume.path)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=None if resume is None else resume.path)
+        except RuntimeError as e:
+            if peer_loss.lost_peer(e):
+                raise peer_loss.PeerLost(peer_loss.message(trainer, parent, e)) from None
+            raise
         fit_s = time.perf_counter() - fit_start
         clock = next(cb for cb in trainer.callbacks if isinstance(cb, ValidationClock))
         train_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
