@@ -137,6 +137,9 @@ def test_the_default_config_is_the_documented_one(config):
          "points matched to 500 reals needs about"),
         ("mode.ratio=100000", "mode.ratio=100000 is not allowed: a round of 25,600,000 generated points matched to "
          "256 reals needs about"),
+        ("network.width=100000", "network.width=100000 is not allowed: a generator of 20,000,"),
+        ("prior.dim=100000000000 network.in_dim=100000000000", "prior.dim=100000000000 is not allowed: a latent of "
+         "100,000,000,000 numbers needs about"),
         ("data=image_folder", "data.root='???' is not allowed: a value; this config needs data.root=..."),
         ("prior._target_=ot_gen.model.networks.MLP", "prior._target_='ot_gen.model.networks.MLP' is not allowed: a "
          "subclass of ot_gen.model.priors.Prior (it names the class MLP); the options are in conf/prior/"),

@@ -34,6 +34,7 @@ class Prior(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dim = check_positive_int("dim", dim)
+        check_fits("dim", dim, 8.0 * dim, f"a latent of {dim:,} numbers", "use fewer dimensions")
         # A buffer only to know the device: priors follow the module they live in.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, check
+from ot_gen.memory import check_fits
 from ot_gen.matching import Matcher
 from ot_gen.matching.costs import Cost
 from ot_gen.model.modes import Mode
@@ -113,6 +114,7 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
     if cfg.get("conditional", False):
         prior = _class_conditional(cfg, prior, data)
+    _check_network_fits(cfg, instantiate, data.shape, prior.dim)
     generator = instantiate("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
     cost, match_cost = _costs(cfg, instantiate)
     matcher = _matcher(cfg, mode, data, instantiate)
@@ -127,6 +129,20 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
         check(eta_min <= lr, "scheduler.eta_min", eta_min,
               f"at most optimizer.lr={lr} (the cosine decays from the rate to eta_min; above it, it climbs)")
     return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
+
+
+def _check_network_fits(cfg: DictConfig, instantiate, shape: tuple[int, ...], in_dim: int) -> None:
+    """The generator built first on the meta device (no memory), its parameters counted:
+    weights, gradients, Adam's two moments and the EMA copy must fit, before anything
+    is allocated (`network.width=100000` is 40 GB a layer: a kernel kill when it was
+    initialised; a checkpoint's record may say anything)."""
+    with torch.device("meta"):
+        probe = instantiate("network", cfg.network, out_shape=shape, in_dim=in_dim)
+    nbytes = sum(p.numel() * p.element_size() for p in probe.parameters())
+    key = "network.width" if "width" in cfg.network else "network"
+    check_fits(key, cfg.network.get("width", cfg.network.get("_target_")), 5.0 * nbytes,
+               f"a generator of {nbytes // 4:,} parameters for points of shape {list(shape)} (weights, gradients, "
+               "the optimizer's moments, the EMA)", "use a smaller network")
 
 
 def _class_conditional(cfg: DictConfig, prior: Prior, data: run_record.DataInfo) -> ClassConditionalPrior:
