@@ -110,3 +110,31 @@ def test_a_checkpoint_whose_callback_state_names_files_outside_its_folder_is_ref
                                               r"checkpoints folder .*thesis.tex'; a resume would remove it"):
         _run(tmp_path, "trainer.max_steps=20", f"ckpt_path={last}")
     assert victim.read_text() == "years of work"
+
+
+def test_a_checkpoint_whose_record_describes_other_data_is_refused_on_resume(tmp_path):
+    """The record's data description was only read by sample; a resume trained on with a
+    record that said images of 3 × 100,000 × 100,000 (and its weights for 2-D points)."""
+    from ot_gen.errors import ConfigError
+
+    _run(tmp_path, "trainer.max_steps=10")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["ot_gen"]["data"]["shape"] = [3, 100000, 100000]
+    torch.save(ckpt, last)
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*last.ckpt' is not allowed: a checkpoint of this data: it was "
+                                          r"written for data of shape \(3, 100000, 100000\), this data has shape \(2,\)"):
+        _run(tmp_path, "trainer.max_steps=20", f"ckpt_path={last}")
+
+
+def test_a_record_nested_thousands_deep_is_refused_in_one_line_not_a_recursion_error():
+    """A run record nested 5000 levels deep (loadable with weights_only once the writer
+    raised its recursion limit) ended sample and resume in a RecursionError traceback."""
+    from ot_gen.run.run_record import data_only
+
+    deep: object = 1.0
+    for _ in range(5000):
+        deep = {"x": deep}
+    with pytest.raises(CheckpointError, match=r"its run record's prior\.sigma(\.x){15}='dict' is not allowed: a value "
+                                              r"nested at most 16 levels deep"):
+        data_only({"prior": {"sigma": deep}}, "", "c.ckpt")

@@ -86,7 +86,10 @@ def build(cfg: DictConfig) -> Run:
         log.warning("eval.n_heldout=%d is more than the %d held-out points of data=%s: the final evaluation "
                     "uses those %d", cfg.eval.n_heldout, len(data.val_set), data_name, len(data.val_set))
     config = OmegaConf.to_container(cfg, resolve=True)
-    module = build_module(cfg, mode, run_record.DataInfo.of(data))
+    info = run_record.DataInfo.of(data)
+    if resume is not None:
+        _check_resumed_data(resume, info)
+    module = build_module(cfg, mode, info)
     _check_costs(module, mode, tuple(data.train_set[0].shape), data_name)
     check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
     callbacks = [run_record.RunRecord(config), ValidationClock(), Preemption(),
@@ -129,6 +132,16 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
         check(eta_min <= lr, "scheduler.eta_min", eta_min,
               f"at most optimizer.lr={lr} (the cosine decays from the rate to eta_min; above it, it climbs)")
     return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
+
+
+def _check_resumed_data(resume: Resume, info: run_record.DataInfo) -> None:
+    """The data a checkpoint was written for is the data it resumes on: its weights are
+    shaped by it, and its matcher's state is indexed by training point."""
+    stored = resume.record.data
+    for what in ("shape", "n_train", "value_range"):
+        was, now = getattr(stored, what), getattr(info, what)
+        check(was == now, "ckpt_path", str(resume.path),
+              f"a checkpoint of this data: it was written for data of {what} {was}, this data has {what} {now}")
 
 
 def _check_network_fits(cfg: DictConfig, instantiate, shape: tuple[int, ...], in_dim: int) -> None:

@@ -124,12 +124,17 @@ def _refuse(path: str | Path, key: str, value: Any, why: str) -> CheckpointError
                            "nothing was built (a checkpoint's config is data)")
 
 
-def data_only(node: Any, key: str, path: str | Path) -> Any:
+MAX_DEPTH = 16  # the installed conf/ nests 4 deep; a record nested deeper is no run's
+
+
+def data_only(node: Any, key: str, path: str | Path, depth: int = 0) -> Any:
     """`node` as plain data (numbers, strings, booleans, null, lists and mappings) with
     every `_target_` where a part may stand checked against `parts.registered`: a
     `_target_` elsewhere, `_args_`/`_recursive_`/`_convert_` anywhere, `_partial_` where
     the slot builds no partial, an interpolation (`${...}`) or any other object is
     refused, naming its key. Old module paths (`MOVED_MODULES`) read as today's."""
+    if depth > MAX_DEPTH and isinstance(node, (dict, list, tuple)):
+        raise _refuse(path, key, type(node).__name__, f"a value nested at most {MAX_DEPTH} levels deep")
     if isinstance(node, dict):
         out = {}
         slot = parts.slot_of(key) if key else None
@@ -140,10 +145,10 @@ def data_only(node: Any, key: str, path: str | Path) -> Any:
             if k in _META:
                 out[k] = _meta(slot, key, str(k), v, path)
             else:
-                out[k] = data_only(v, sub, path)
+                out[k] = data_only(v, sub, path, depth + 1)
         return out
     if isinstance(node, (list, tuple)):
-        return [data_only(v, f"{key}.{i}", path) for i, v in enumerate(node)]
+        return [data_only(v, f"{key}.{i}", path, depth + 1) for i, v in enumerate(node)]
     if not isinstance(node, _DATA):
         raise _refuse(path, key, type(node).__name__, "numbers, strings, booleans, null, lists and mappings only")
     if isinstance(node, str) and "${" in node:
