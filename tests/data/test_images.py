@@ -268,7 +268,7 @@ def test_reference_experiments_run_at_debug_size_with_quality_and_memorization_f
     """`experiment=<reference> debug=smoke`: the same recipe, seconds long, every figure."""
     cfg = config(f"experiment={experiment}", "debug=smoke", f"paths.data_dir={SHARED}",
                  f"data.cache_dir={tmp_path}/cache", "data.download=false", fast=False)
-    assert cfg.mode.pool_size == cfg.data.n_train == 500 and cfg.logger is None  # whole set, shrunk
+    assert cfg.mode.pool_size == cfg.data.n_train == 1000 and cfg.logger is None  # whole set, shrunk
     run(cfg)
     out = ROOT / cfg.paths.output_dir
     metrics = json.loads((out / "metrics.json").read_text())

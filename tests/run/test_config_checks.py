@@ -201,3 +201,16 @@ def test_a_user_mistake_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "ConfigError: mode.k=0 is not allowed: an integer >= 1" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("debug", ["smoke", "fdr"])
+def test_every_experiment_fits_its_debug_size(config, experiment, debug):
+    """`debug=smoke` promises "a few rounds of any experiment": its training set must hold
+    the experiment's minibatch or pool (smoke's 500 images were fewer than
+    emgn_mnist_seed's minibatch of 600, found by the docs' runnable blocks)."""
+    from ot_gen.run.config_checks import instantiate_group
+
+    cfg = config(f"experiment={experiment}", f"debug={debug}", fast=False)
+    mode = instantiate_group("mode", cfg.mode)
+    mode.check_data(cfg.data.n_train, experiment, 2)
