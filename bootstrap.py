@@ -3,6 +3,7 @@
 
     python3 bootstrap.py train [OVERRIDES...]   # python train.py OVERRIDES... in .venv
     python3 bootstrap.py test [PYTEST ARGS...]  # the test suite in .venv
+    python3 bootstrap.py docs [serve]           # build the docs site into site/ (strict, offline), or serve it
 
 The first call creates `.uv/` (the uv installer, pinned) and `.venv/` (every dependency at
 the exact version in uv.lock); later calls only check that .venv still matches uv.lock.
@@ -44,12 +45,18 @@ def ensure_env() -> Path:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"train": ["train.py"], "test": ["-m", "pytest"]}
+    commands = {"train": ["train.py"], "test": ["-m", "pytest"], "docs": ["-m", "mkdocs"]}
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 2
     python = ensure_env()
-    return subprocess.call([str(python), *commands[argv[0]], *argv[1:]], cwd=ROOT)
+    args = argv[1:]
+    if argv[0] == "docs":
+        # mkdocs.yml is strict (a broken link or a docstring that fails to render is an error);
+        # `docs serve` previews it with live reload.
+        args = ["serve", *args[1:]] if args[:1] == ["serve"] else ["build", *args]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about its successor, on every build
+    return subprocess.call([str(python), *commands[argv[0]], *args], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":
