@@ -138,3 +138,18 @@ def test_a_record_nested_thousands_deep_is_refused_in_one_line_not_a_recursion_e
     with pytest.raises(CheckpointError, match=r"its run record's prior\.sigma(\.x){15}='dict' is not allowed: a value "
                                               r"nested at most 16 levels deep"):
         data_only({"prior": {"sigma": deep}}, "", "c.ckpt")
+
+
+def test_a_record_whose_sizes_do_not_fit_is_refused_naming_the_checkpoint_when_sampled(tmp_path):
+    """A record that describes 3 × 100,000 × 100,000 images asks for a generator of 5e11
+    weights: refused before allocating, and the message says the value is the
+    checkpoint's (it named `network.width=16` as if the user had typed it)."""
+    _run(tmp_path, "trainer.max_steps=10")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["ot_gen"]["data"]["shape"] = [3, 100000, 100000]
+    torch.save(ckpt, last)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*last.ckpt: its run record's network.width=16 is not "
+                                              r"allowed: a generator of 510,000,000,592 parameters"):
+        write_samples(last, 10, tmp_path / "s.npy")
+    assert not (tmp_path / "s.npy").exists()

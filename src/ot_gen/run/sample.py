@@ -36,7 +36,10 @@ def load_module(ckpt_path: str | Path, device: str = "cpu") -> tuple[OTGenerator
     ckpt = checkpoints.load(ckpt_path)
     record = run_record.read(ckpt, ckpt_path)
     cfg = OmegaConf.create(record.config)  # data only (run_record.read), each part rebuilt from its registered class
-    module = build_module(cfg, instantiate_group("mode", cfg.mode, recursive=False), record.data, recursive=False)
+    try:
+        module = build_module(cfg, instantiate_group("mode", cfg.mode, recursive=False), record.data, recursive=False)
+    except ConfigError as e:  # a value of the record, not of the user's command line
+        raise checkpoints.CheckpointError(f"checkpoint {ckpt_path}: its run record's {e}") from None
     module.load_state_dict(ckpt["state_dict"])
     return module.to(device).eval(), record.data
 
