@@ -14,6 +14,7 @@ LAYERS = {
     "sample": 6,            # the thin `python -m ot_gen.sample` entry point
     "launch": 5,            # Hydra callbacks around jobs
     "run": 4,               # build, the run, sample export, checkpoints, record, pre-emption, loggers
+    "flow": 3.5,            # mode=flow and its velocity networks: modes of the model's kind
     "model": 3,             # module, modes, priors, networks, EMA
     "evaluation": 2,        # metrics, Fréchet, pictures, end-of-run evaluation
     "matching": 1, "data": 1, "memory": 1,   # memory: what a run will allocate, against the machine

@@ -46,6 +46,8 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
         return ["data=clock", "network=conv28", "data.n_train=64", "val_samples=16", "mode.batch_size=16"]
     if option == "semidiscrete":
         return ["mode=oversampled"]
+    if (group, option) in (("network", "flow_mlp"), ("mode", "flow")):  # each needs the other
+        return ["mode=flow", "network=flow_mlp"]
     if option == "deconv32":
         return ["data=clock", "data.image_size=32"]
     return []

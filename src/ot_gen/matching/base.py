@@ -37,7 +37,7 @@ from torch import nn
 from ot_gen.matching.costs import Cost
 from ot_gen.errors import NonFiniteError, all_finite, check, check_positive_int
 
-MODES = ("minibatch", "oversampled")
+MODES = ("minibatch", "oversampled", "flow")
 
 
 @dataclass

@@ -87,6 +87,12 @@ class Mode:
                    f"a round of {m:,} generated points matched to {n:,} reals",
                    f"lower {key} or mode.{self.reals_key}")
 
+    def check_parts(self, prior: Prior, generator: nn.Module) -> None:
+        """A config error when the module's parts cannot run in this mode: the one-step
+        modes regress a generator's single output, so they refuse a flow's network."""
+        check(not getattr(generator, "is_flow", False), "network", type(generator).__name__,
+              f"a one-step generator under mode={self.name} (a flow's velocity network trains under mode=flow)")
+
     def round(self, module: RoundParts, y: torch.Tensor, ids: torch.Tensor, figures_due: bool) -> dict[str, float]:
         """One round on the reals `y` (training-set indices `ids`); returns its figures
         (numbers or 0-d tensors), the matcher's diagnostics and `matched_cost` among them

@@ -119,6 +119,7 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
         prior = _class_conditional(cfg, prior, data)
     _check_network_fits(cfg, instantiate, data.shape, prior.dim)
     generator = instantiate("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
+    mode.check_parts(prior, generator)
     cost, match_cost = _costs(cfg, instantiate)
     matcher = _matcher(cfg, mode, data, instantiate)
     optimizer = instantiate("optimizer", cfg.optimizer)

@@ -42,9 +42,9 @@ class Slot:
 
 
 SLOTS = (
-    Slot("mode", "ot_gen.model.modes:Mode", ("ot_gen.model.modes",)),
+    Slot("mode", "ot_gen.model.modes:Mode", ("ot_gen.model.modes", "ot_gen.flow")),
     Slot("prior", "ot_gen.model.priors:Prior", ("ot_gen.model.priors",)),
-    Slot("network", "torch.nn:Module", ("ot_gen.model.networks",)),
+    Slot("network", "torch.nn:Module", ("ot_gen.model.networks", "ot_gen.flow")),
     Slot("cost", "ot_gen.matching.costs:Cost", ("ot_gen.matching.costs",)),
     Slot("match_cost", "ot_gen.matching.costs:Cost", ("ot_gen.matching.costs",)),
     Slot("matcher", "ot_gen.matching.base:Matcher", ("ot_gen.matching",)),

@@ -51,14 +51,21 @@ def _partial(path: Path) -> Path:
 
 @torch.no_grad()
 def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cpu", seed: int = 0,
-                  png=None, label: int | None = None) -> np.ndarray:
+                  png=None, label: int | None = None, solver: str | None = None, steps: int | None = None
+                  ) -> np.ndarray:
     """Write the samples to `out` (and the picture of the first ones to `png`), each first
     under a `.partial` name, its whole size reserved on disk before any sample is
     generated, then renamed into place: a failure (a full disk, a signal) leaves no
     truncated output, and an existing file is replaced only by a complete one. Returns the
     array, memory-mapped. `label`: samples of that class only (a class-conditional run);
-    without it such a run's picture shows one row per class."""
+    without it such a run's picture shows one row per class. `solver`, `steps`: a flow's
+    ODE integrated otherwise than it was trained to be."""
     module, data = load_module(ckpt_path, device)
+    if solver is not None or steps is not None:
+        key, value = ("solver", solver) if solver is not None else ("steps", steps)
+        check(getattr(module.generator, "is_flow", False), key, value,
+              "null: this checkpoint's generator takes one step (no ODE to integrate; a flow's does)")
+        module.generator.integrate_with(solver, steps)
     if label is not None:
         check(module.conditional, "class", label, "null: this checkpoint's run was not class-conditional")
         n_classes = module.prior.n_classes
@@ -146,7 +153,8 @@ def sample(cfg: DictConfig) -> int:
             check(not (Path(path).exists() and Path(path).resolve() == ckpt.resolve()), key, path,
                   "a file other than the checkpoint it reads")
         with _sigterm_as_interrupt():
-            array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png, cfg.get("class"))
+            array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png, cfg.get("class"),
+                                  cfg.get("solver"), cfg.get("steps"))
     except OTGenError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

@@ -1,0 +1,7 @@
+"""Flow matching on OT pairs: a velocity field trained on straight paths between prior
+points and the reals a matcher pairs them with, sampled by integrating an ODE."""
+
+from ot_gen.flow.mode import Flow
+from ot_gen.flow.velocity import FlowGenerator
+
+__all__ = ["Flow", "FlowGenerator"]

@@ -1,0 +1,175 @@
+"""mode=flow: a velocity field trained on OT pairs of prior points and reals, sampled by
+integrating an ODE (torchdiffeq)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from ot_gen.errors import ConfigError
+from ot_gen.evaluation.metrics import w2
+from ot_gen.flow import FlowGenerator
+from ot_gen.run.build import build
+from ot_gen.run.train import run
+
+FLOW = ["mode=flow", "network=flow_mlp", "network.width=64", "network.steps=8", "eval.n_generated=0",
+        "callbacks=none", "mode.val_every_rounds=1000", "optimizer.lr=3e-3", "ema=null"]
+
+
+def _trained(config, *overrides):
+    cfg = config(*FLOW, *overrides)
+    module, data, trainer, _ = build(cfg)
+    data.setup("fit")
+    held_out = data.val_set[:1000]
+    torch.manual_seed(1)
+    before = w2(module.sample(1000), held_out)
+    trainer.fit(module, data)
+    torch.manual_seed(1)
+    return module, before, w2(module.sample(1000), held_out), held_out
+
+
+@pytest.mark.parametrize("matcher", ["exact", "random"])
+def test_a_flow_moves_samples_to_the_data_with_every_pairing(config, matcher):
+    _, before, after, _ = _trained(config, f"matcher={matcher}", "trainer.max_steps=300")
+    assert after < 0.5 * before, (before, after)  # about 0.98 untrained
+
+
+def _straightness(module, n: int = 500, steps: int = 100) -> float:
+    """|x1 − x0|² over the path's energy ∫|v|² dt (1 for straight paths at constant speed)."""
+    torch.manual_seed(2)
+    x0 = module.prior.sample(n)
+    x, energy = x0.clone(), torch.zeros(n)
+    with torch.no_grad():
+        for i in range(steps):
+            v = module.generator.velocity(x, torch.tensor(i / steps))
+            energy += v.pow(2).sum(1) / steps
+            x = x + v / steps
+    return float(((x - x0).pow(2).sum(1)).mean() / energy.mean())
+
+
+def test_the_exact_pairing_learns_straighter_paths_than_random_pairing(config):
+    """The point of OT pairs: paths that do not cross, so an ODE needs fewer steps."""
+    exact = _straightness(_trained(config, "matcher=exact", "trainer.max_steps=200")[0])
+    random = _straightness(_trained(config, "matcher=random", "trainer.max_steps=200")[0])
+    assert exact > 0.9 and random < 0.6, (exact, random)  # measured 0.98 and 0.28
+
+
+@pytest.mark.parametrize("solver,per_step", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_the_ode_sampler_agrees_with_a_by_hand_loop_and_counts_its_evaluations(solver, per_step):
+    torch.manual_seed(0)
+    flow = FlowGenerator(2, (2,), depth=2, width=16, solver=solver, steps=10)
+    z = torch.randn(50, 2)
+    with torch.no_grad():
+        x, h = z.clone(), 0.1
+        for i in range(10):
+            t = torch.tensor(i * h)
+            v = flow.velocity
+            if solver == "euler":
+                x = x + h * v(x, t)
+            elif solver == "midpoint":
+                x = x + h * v(x + h / 2 * v(x, t), t + h / 2)
+            else:  # torchdiffeq's rk4 is Kutta's 3/8 rule
+                k1 = v(x, t)
+                k2 = v(x + h * k1 / 3, t + h / 3)
+                k3 = v(x + h * (k2 - k1 / 3), t + 2 * h / 3)
+                k4 = v(x + h * (k1 - k2 + k3), t + h)
+                x = x + h / 8 * (k1 + 3 * k2 + 3 * k3 + k4)
+        out = flow(z)
+    assert torch.allclose(out, x, atol=1e-5)
+    assert flow.nfe == 10 * per_step
+
+
+def test_dopri5_agrees_with_fine_fixed_steps():
+    torch.manual_seed(0)
+    adaptive = FlowGenerator(2, (2,), depth=2, width=16, solver="dopri5", rtol=1e-7, atol=1e-7)
+    fine = FlowGenerator(2, (2,), depth=2, width=16, solver="rk4", steps=200)
+    fine.load_state_dict(adaptive.state_dict())
+    z = torch.randn(50, 2)
+    with torch.no_grad():
+        assert torch.allclose(adaptive(z), fine(z), atol=1e-3)
+    assert adaptive.nfe > 0
+
+
+def test_a_flow_run_writes_its_figures_and_the_sample_cost(config):
+    """The whole run: validations, pictures, the final evaluation through the ODE, and
+    the number of velocity evaluations a sample costs (train/nfe)."""
+    cfg = config("mode=flow", "network=flow_mlp", "network.width=32", "network.steps=5", "trainer.max_steps=20",
+                 "mode.val_every_rounds=10", "eval.n_generated=2000")
+    run(cfg)
+    out = ROOT / cfg.paths.output_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train/nfe"] == 10  # 5 midpoint steps
+    assert {"val/w2", "eval/w2", "eval/nn_generated_mean"} <= set(metrics)
+    assert (out / "plots" / "samples_step0000020.png").is_file()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["mode=flow"], "network='MLP' is not allowed: a velocity network with a time input under mode=flow"),
+    (["network=flow_mlp"], "network='FlowGenerator' is not allowed: a one-step generator under mode=minibatch"),
+    (["mode=flow", "network=flow_mlp", "network.steps=0"], "network.steps=0 is not allowed"),
+    (["mode=flow", "network=flow_mlp", "network.solver=rk45"], "network.solver='rk45' is not allowed: one of euler"),
+    (["mode=flow", "network=flow_mlp", "prior.dim=3", "network.in_dim=3"],
+     "network.in_dim=3 is not allowed: the data's dimension, 2"),
+    (["mode=flow", "network=flow_mlp", "prior=gmm_adaptive"], "prior='GaussianMixturePrior' is not allowed: a fixed "
+                                                              "prior under mode=flow"),
+    (["mode=flow", "network=flow_mlp", "mode.sigma=-1"], "mode.sigma=-1 is not allowed: a number >= 0"),
+    (["mode=flow", "network=flow_mlp", "network.time_dim=3"], "network.time_dim=3 is not allowed: an even integer"),
+])
+def test_bad_flow_configs_are_one_line_naming_the_key(config, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build(config(*overrides))
+    assert message in str(err.value)
+
+
+def test_the_plan_sampler_pairs_optimally_with_torchcfms_signature():
+    """`sample_plan(x0, x1)` returns the pairs of the exact assignment: a permutation of
+    each side whose total cost is POT's optimum."""
+    import numpy as np
+    import ot
+
+    from ot_gen.flow.plan import ExactPlanSampler
+
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(300, 5, generator=g), torch.randn(300, 5, generator=g) + 1
+    a, b = ExactPlanSampler().sample_plan(x0, x1)
+    assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, x0.tolist()))
+    assert sorted(map(tuple, b.tolist())) == sorted(map(tuple, x1.tolist()))
+    cost = ((a - b) ** 2).sum(1).mean().item()
+    M = ot.dist(x0.double().numpy(), x1.double().numpy())
+    assert cost == pytest.approx(ot.emd2(np.full(300, 1 / 300), np.full(300, 1 / 300), M), rel=1e-6)
+
+
+def test_a_flow_on_images_draws_every_picture_and_figure(config):
+    """A pixel-space flow (28×28 clock hands, the prior in the 784 pixels): validation
+    pictures, the nearest-point figures of the final evaluation, through the ODE."""
+    cfg = config("data=clock", "mode=flow", "network=flow_mlp", "prior.dim=784", "network.width=32",
+                 "network.steps=2", "data.n_train=256", "data.n_val=64", "val_samples=64", "mode.pool_size=32",
+                 "mode.fit_batch_size=32", "trainer.max_steps=4", "mode.val_every_rounds=4", "eval.n_generated=300")
+    run(cfg)
+    out = ROOT / cfg.paths.output_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"eval/nn_generated_mean", "eval/nn_train_mean", "val/w2"} <= set(metrics)
+    assert metrics["train/nfe"] == 4
+    for kind in ("samples", "pairs"):
+        assert (out / "plots" / f"{kind}_step0000004.png").is_file(), kind
+
+
+def test_sample_integrates_a_flow_with_the_solver_asked_for_and_refuses_it_for_one_step(config, tmp_path):
+    from ot_gen.run.sample import write_samples
+
+    flow = config(*FLOW, "trainer.max_steps=10", "mode.val_every_rounds=10")
+    run(flow)
+    ckpt = ROOT / flow.paths.output_dir / "checkpoints" / "last.ckpt"
+    one = write_samples(ckpt, 50, tmp_path / "a.npy", solver="euler", steps=1)
+    many = write_samples(ckpt, 50, tmp_path / "b.npy", solver="rk4", steps=50)
+    assert one.shape == many.shape == (50, 2) and not np.allclose(one, many)
+    with pytest.raises(ConfigError, match="steps=0 is not allowed"):
+        write_samples(ckpt, 50, tmp_path / "c.npy", steps=0)
+    step = config("trainer.max_steps=10", "mode.val_every_rounds=10", "eval.n_generated=0", "callbacks=none")
+    run(step)
+    with pytest.raises(ConfigError, match="steps=4 is not allowed: null: this checkpoint's generator takes one step"):
+        write_samples(ROOT / step.paths.output_dir / "checkpoints" / "last.ckpt", 50, tmp_path / "d.npy", steps=4)
