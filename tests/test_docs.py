@@ -131,19 +131,18 @@ def runnable_blocks() -> list[tuple[str, str, str]]:
 
 
 def _tiny(words: list[str], extra: str) -> list[str]:
-    keys = {w.split("=", 1)[0].lstrip("+") for w in words if "=" in w}
     kept = [w for w in words if w.split("=", 1)[0].lstrip("+") not in TINY]
-    tiny = [f"{k}={v}" for k, v in TINY.items()]
-    if "task_name" not in keys:
-        tiny.append("task_name=train")  # the docs' paths name outputs/train/...; debug would move them
-    return kept + tiny + shlex.split(extra)
+    return kept + [f"{k}={v}" for k, v in TINY.items()] + shlex.split(extra)
 
 
 def _resolve(word: str, cwd: Path) -> str:
-    """`outputs/train/runs/<date_time>/...`: the newest path the run wrote there."""
+    """`outputs/<task>/runs/<date_time>/...`: the newest path the run wrote there. At
+    debug size every run is in debug's own task folder (`outputs/debug/`), as a user's
+    `debug=smoke` run is."""
     key, eq, value = word.rpartition("=") if "=" in word else ("", "", word)
     if "<" not in value:
         return word
+    value = re.sub(r"^outputs/[^/]+/", "outputs/debug/", value)
     found = sorted(glob.glob(re.sub(r"<[^>]+>", "*", value), root_dir=cwd), key=lambda p: os.path.getmtime(cwd / p))
     assert found, f"nothing matches {value} after the commands before it"
     return f"{key}{eq}{found[-1]}"
