@@ -99,9 +99,11 @@ def test_the_site_builds_strict(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**python_env(), "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    api = (tmp_path / "site" / "api" / "matchers.html").read_text()
-    for name in parts.names("matcher"):
-        assert f'id="{parts.registered("matcher")[name].__module__}.{name.rsplit(".", 1)[1]}"' in api, name
+    pages = "".join(p.read_text() for p in (tmp_path / "site" / "api").glob("*.html"))
+    for slot in ("matcher", "cost", "prior", "mode", "network"):
+        for name in parts.names(slot):
+            part = parts.registered(slot)[name]
+            assert f'id="{part.__module__}.{part.__qualname__}"' in pages, f"{name} ({slot}) has no entry on the API pages"
     assert "#### " not in (tmp_path / "site" / "configuration.html").read_text()  # the hook's markdown was rendered
 
 

@@ -25,6 +25,12 @@ from ot_gen.model.priors import ClassConditionalPrior, Prior
 
 @dataclass
 class Flow(Mode):
+    """`pool_size` reals a round, `k` prior points each, paired by the matcher; the
+    velocity regressed on the straight paths between the pairs at uniform times (with
+    `sigma` noise around them) for `fit_epochs` passes in batches of `fit_batch_size`.
+    Needs a network with `is_flow` (`FlowGenerator`) and a fixed, unconditional prior in
+    the data's space (`check_parts`)."""
+
     pool_size: int = 256
     k: int = 1
     fit_epochs: int = 1
