@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ot_gen.errors import check, check_positive_int
-from ot_gen.model.modes import Mode
+from ot_gen.model.modes import Mode, regress_in_passes
 from ot_gen.model.priors import ClassConditionalPrior, Prior
 
 
@@ -66,17 +66,14 @@ class Flow(Mode):
         z, x0, y, match = module.match_across_ranks(z, x0, y, ids, each_real=self.k, diagnostics=figures_due)
         start, end = x0[match.gen_idx], y[match.real_idx]
         velocity = module.generator.velocity
-        for _ in range(self.fit_epochs):
-            losses = []  # train/loss: the mean over the round's last pass
-            order = torch.randperm(len(start), device=start.device)
-            for idx in order.split(self.fit_batch_size):
-                a, b = start[idx], end[idx]
-                t = torch.rand(len(idx), device=a.device, dtype=a.dtype)
-                x_t = torch.lerp(a, b, t.view(-1, *[1] * (a.dim() - 1)))
-                if self.sigma:
-                    x_t = x_t + self.sigma * torch.randn_like(x_t)
-                loss = module.cost.paired(velocity(x_t, t), b - a).mean()
-                module.step(loss)
-                losses.append(loss.detach())
-        return {**match.stats, "loss": torch.stack(losses).mean(), "reals_in_solve": len(y),
-                "nfe": module.generator.nfe}
+
+        def path_loss(idx: torch.Tensor) -> torch.Tensor:
+            a, b = start[idx], end[idx]
+            t = torch.rand(len(idx), device=a.device, dtype=a.dtype)
+            x_t = torch.lerp(a, b, t.view(-1, *[1] * (a.dim() - 1)))
+            if self.sigma:
+                x_t = x_t + self.sigma * torch.randn_like(x_t)
+            return module.cost.paired(velocity(x_t, t), b - a).mean()
+
+        loss = regress_in_passes(module, len(start), self.fit_epochs, self.fit_batch_size, start.device, path_loss)
+        return {**match.stats, "loss": loss, "reals_in_solve": len(y), "nfe": module.generator.nfe}

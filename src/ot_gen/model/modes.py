@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -98,6 +98,20 @@ class Mode:
         (numbers or 0-d tensors), the matcher's diagnostics and `matched_cost` among them
         when `figures_due` (the rounds whose figures are logged)."""
         raise NotImplementedError
+
+
+def regress_in_passes(module: RoundParts, n_pairs: int, epochs: int, batch_size: int, device: torch.device,
+                      loss_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`epochs` passes over a round's `n_pairs` pairs, each in a fresh random order, one
+    optimizer step on `loss_of(indices)` per batch of `batch_size`; returns the mean loss
+    of the last pass (`train/loss`)."""
+    for _ in range(epochs):
+        losses = []
+        for idx in torch.randperm(n_pairs, device=device).split(batch_size):
+            loss = loss_of(idx)
+            module.step(loss)
+            losses.append(loss.detach())
+    return torch.stack(losses).mean()
 
 
 @dataclass
@@ -187,11 +201,6 @@ class Oversampled(Mode):
         z, x, y, match = module.match_across_ranks(z, x, y, ids, each_real=k, diagnostics=figures_due)
         z_pairs, y_pairs = z[match.gen_idx], y[match.real_idx]
         prior = module.adapt_prior(z, n_drawn, match.gen_idx, x[match.gen_idx], y_pairs)  # the round's pairs
-        for _ in range(self.fit_epochs):
-            losses = []  # train/loss: the mean over the round's last pass
-            order = torch.randperm(len(z_pairs), device=z_pairs.device)
-            for idx in order.split(self.fit_batch_size):
-                loss = module.cost.paired(module.generator(z_pairs[idx]), y_pairs[idx]).mean()
-                module.step(loss)
-                losses.append(loss.detach())
-        return {**match.stats, **prior, "loss": torch.stack(losses).mean(), "k": k, "reals_in_solve": len(y)}
+        loss = regress_in_passes(module, len(z_pairs), self.fit_epochs, self.fit_batch_size, z_pairs.device,
+                                 lambda idx: module.cost.paired(module.generator(z_pairs[idx]), y_pairs[idx]).mean())
+        return {**match.stats, **prior, "loss": loss, "k": k, "reals_in_solve": len(y)}
