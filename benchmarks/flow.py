@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ot_gen.evaluation.metrics import w2  # noqa: E402
+from ot_gen.flow.velocity import straightness  # noqa: E402
 from ot_gen.run.config_checks import instantiate_group  # noqa: E402
 from ot_gen.run.sample import load_module  # noqa: E402
 
@@ -60,16 +61,6 @@ def train(overrides: list[str], out: Path) -> tuple[dict, float]:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(overrides)} failed:\n{proc.stderr[-3000:]}")
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - start
-
-
-@torch.no_grad()
-def straightness(velocity, x0: torch.Tensor, steps: int = 100) -> float:
-    x, energy = x0.clone(), torch.zeros(len(x0))
-    for i in range(steps):
-        v = velocity(x, torch.tensor(i / steps))
-        energy += v.pow(2).flatten(1).sum(1) / steps
-        x = x + v / steps
-    return float((x - x0).pow(2).flatten(1).sum(1).mean() / energy.mean())
 
 
 @torch.no_grad()

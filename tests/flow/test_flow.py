@@ -13,6 +13,7 @@ from conftest import ROOT
 from ot_gen.errors import ConfigError
 from ot_gen.evaluation.metrics import w2
 from ot_gen.flow import FlowGenerator
+from ot_gen.flow.velocity import straightness
 from ot_gen.run.build import build
 from ot_gen.run.train import run
 
@@ -38,17 +39,9 @@ def test_a_flow_moves_samples_to_the_data_with_every_pairing(config, matcher):
     assert after < 0.5 * before, (before, after)  # about 0.98 untrained
 
 
-def _straightness(module, n: int = 500, steps: int = 100) -> float:
-    """|x1 − x0|² over the path's energy ∫|v|² dt (1 for straight paths at constant speed)."""
+def _straightness(module, n: int = 500) -> float:
     torch.manual_seed(2)
-    x0 = module.prior.sample(n)
-    x, energy = x0.clone(), torch.zeros(n)
-    with torch.no_grad():
-        for i in range(steps):
-            v = module.generator.velocity(x, torch.tensor(i / steps))
-            energy += v.pow(2).sum(1) / steps
-            x = x + v / steps
-    return float(((x - x0).pow(2).sum(1)).mean() / energy.mean())
+    return straightness(module.generator.velocity, module.prior.sample(n))
 
 
 def test_the_exact_pairing_learns_straighter_paths_than_random_pairing(config):
@@ -173,3 +166,12 @@ def test_sample_integrates_a_flow_with_the_solver_asked_for_and_refuses_it_for_o
     run(step)
     with pytest.raises(ConfigError, match="steps=4 is not allowed: null: this checkpoint's generator takes one step"):
         write_samples(ROOT / step.paths.output_dir / "checkpoints" / "last.ckpt", 50, tmp_path / "d.npy", steps=4)
+
+
+def test_straightness_is_one_for_a_constant_field_and_less_for_a_rotation():
+    """The figure the benchmark reports: straight constant-speed paths score 1, paths
+    that turn score less."""
+    x0 = torch.randn(100, 2)
+    assert straightness(lambda x, t: torch.ones_like(x), x0) == pytest.approx(1.0)
+    rotate = lambda x, t: torch.stack([-x[:, 1], x[:, 0]], 1) * 3.0  # noqa: E731
+    assert straightness(rotate, x0) < 0.5

@@ -54,6 +54,19 @@ class VelocityMLP(nn.Module):
         return self.net(h).view(len(x), *self.shape)
 
 
+@torch.no_grad()
+def straightness(velocity: nn.Module, x0: torch.Tensor, steps: int = 100) -> float:
+    """How straight the paths of `velocity` are from the points `x0`: |x1 − x0|² over
+    the path energy ∫|v|² dt, by `steps` Euler steps (1 for straight paths at constant
+    speed; paths that bend or cross score less)."""
+    x, energy = x0.clone(), torch.zeros(len(x0), dtype=x0.dtype, device=x0.device)
+    for i in range(steps):
+        v = velocity(x, torch.tensor(i / steps))
+        energy += v.pow(2).flatten(1).sum(1) / steps
+        x = x + v / steps
+    return float((x - x0).pow(2).flatten(1).sum(1).mean() / energy.mean())
+
+
 class FlowGenerator(nn.Module):
     """Samples by integrating dx/dt = v(x, t) from a prior point at t = 0 to t = 1 with
     torchdiffeq: `solver` euler, midpoint or rk4 over `steps` equal steps, or dopri5
