@@ -112,16 +112,22 @@ def test_a_checkpoint_whose_callback_state_names_files_outside_its_folder_is_ref
     assert victim.read_text() == "years of work"
 
 
-def test_a_checkpoint_whose_record_describes_other_data_is_refused_on_resume(tmp_path):
-    """The record's data description was only read by sample; a resume trained on with a
-    record that said images of 3 × 100,000 × 100,000 (and its weights for 2-D points)."""
-    from ot_gen.errors import ConfigError
-
+def _checkpoint_for_huge_images(tmp_path):
+    """A tiny 2-D run's last.ckpt whose record says its data are 3 × 100,000 × 100,000 images."""
     _run(tmp_path, "trainer.max_steps=10")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     ckpt["ot_gen"]["data"]["shape"] = [3, 100000, 100000]
     torch.save(ckpt, last)
+    return last
+
+
+def test_a_checkpoint_whose_record_describes_other_data_is_refused_on_resume(tmp_path):
+    """The record's data description was only read by sample; a resume trained on with a
+    record that said images of 3 × 100,000 × 100,000 (and its weights for 2-D points)."""
+    from ot_gen.errors import ConfigError
+
+    last = _checkpoint_for_huge_images(tmp_path)
     with pytest.raises(ConfigError, match=r"ckpt_path='.*last.ckpt' is not allowed: a checkpoint of this data: it was "
                                           r"written for data of shape \(3, 100000, 100000\), this data has shape \(2,\)"):
         _run(tmp_path, "trainer.max_steps=20", f"ckpt_path={last}")
@@ -144,11 +150,7 @@ def test_a_record_whose_sizes_do_not_fit_is_refused_naming_the_checkpoint_when_s
     """A record that describes 3 × 100,000 × 100,000 images asks for a generator of 5e11
     weights: refused before allocating, and the message says the value is the
     checkpoint's (it named `network.width=16` as if the user had typed it)."""
-    _run(tmp_path, "trainer.max_steps=10")
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    ckpt["ot_gen"]["data"]["shape"] = [3, 100000, 100000]
-    torch.save(ckpt, last)
+    last = _checkpoint_for_huge_images(tmp_path)
     with pytest.raises(CheckpointError, match=r"checkpoint .*last.ckpt: its run record's network.width=16 is not "
                                               r"allowed: a generator of 510,000,000,592 parameters"):
         write_samples(last, 10, tmp_path / "s.npy")
