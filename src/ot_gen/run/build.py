@@ -152,10 +152,11 @@ def _check_network_fits(cfg: DictConfig, instantiate, shape: tuple[int, ...], in
     initialised; a checkpoint's record may say anything)."""
     with torch.device("meta"):
         probe = instantiate("network", cfg.network, out_shape=shape, in_dim=in_dim)
-    nbytes = sum(p.numel() * p.element_size() for p in probe.parameters())
+    params = list(probe.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in params)
     key = "network.width" if "width" in cfg.network else "network"
     check_fits(key, cfg.network.get("width", cfg.network.get("_target_")), 5.0 * nbytes,
-               f"a generator of {nbytes // 4:,} parameters for points of shape {list(shape)} (weights, gradients, "
+               f"a generator of {sum(p.numel() for p in params):,} parameters for points of shape {list(shape)} (weights, gradients, "
                "the optimizer's moments, the EMA)", "use a smaller network")
 
 
