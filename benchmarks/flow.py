@@ -16,7 +16,11 @@ draws) with the floor (two data samples), the velocity evaluations a sample cost
 (`train/nfe`), training seconds, and for the flows: the straightness of the learned paths
 (|x1 − x0|² over the path energy ∫|v|² dt, 1 for straight paths at constant speed; 100
 Euler steps on 2000 prior draws) and W2 when sampled with 1, 2, 4 and 8 Euler steps (a
-flow whose paths are straight needs few steps). Time it with nothing else running.
+flow whose paths are straight needs few steps). Beside them, whether the samples copy the
+training points: the memorization figures of the image runs on 2000 samples
+(`ot_gen.evaluation.memorization`): the median distance to the nearest training point
+over held-out points' (1: no closer than unseen data; 0: copies) and the share of near
+copies by the ratio test (about 0.05 for unseen data). Time it with nothing else running.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ot_gen.evaluation.memorization import Reference, pixel_scores  # noqa: E402
 from ot_gen.evaluation.metrics import w2  # noqa: E402
 from ot_gen.flow.velocity import straightness  # noqa: E402
 from ot_gen.run.config_checks import instantiate_group  # noqa: E402
@@ -81,18 +86,20 @@ def main() -> None:
     parser.add_argument("--common", default="", help="overrides added to every run")
     args = parser.parse_args()
     common = [f"trainer.max_steps={args.steps}", f"data.n_train={args.n_train}", *shlex.split(args.common)]
-    print(f"| run | eval W2 | floor | ratio | NFE a sample | training s | straightness | W2 at 1 / 2 / 4 / 8 Euler "
-          f"steps |\n| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    print(f"| run | eval W2 | floor | ratio | train distance ratio | near copies | NFE a sample | training s | "
+          f"straightness | W2 at 1 / 2 / 4 / 8 Euler steps |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+          f"--- |", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, overrides) in enumerate(rows(args.data, args.n_train)):
             out = Path(tmp) / str(i)
-            metrics, seconds = train([*overrides, *common], out)
+            metrics, _ = train([*overrides, *common], out)
             module, _ = load_module(out / "checkpoints" / "last.ckpt")
-            flat = ""
+            data = instantiate_group("data", OmegaConf.create(_record_data(out)), batch_size=256)
+            data.setup("fit")
+            held_out = data.val_set[:2000]
+            torch.manual_seed(0)
+            copies = pixel_scores(module.sample(2000), data.train_set, Reference.of(held_out, data.train_set))
             if getattr(module.generator, "is_flow", False):
-                data = instantiate_group("data", OmegaConf.create(_record_data(out)), batch_size=256)
-                data.setup("fit")
-                held_out = data.val_set[:2000]
                 torch.manual_seed(0)
                 x0 = module.prior.sample(2000)
                 s = straightness(module.generator.velocity, x0)
@@ -102,13 +109,12 @@ def main() -> None:
                 flat = "— | —"
             print(f"| {name} | {metrics['eval/w2']:.4f} ± {metrics['eval/w2_spread']:.4f} | "
                   f"{metrics['eval/w2_floor']:.4f} | {metrics['eval/w2_ratio']:.3f} | "
+                  f"{copies['train_distance_ratio']:.3f} | {copies['near_copies']:.3f} | "
                   f"{int(metrics.get('train/nfe', 1))} | {metrics['wall_s']:.1f} | {flat} |", flush=True)
 
 
 def _record_data(run_dir: Path) -> dict:
     """The run's data config, as composed (`.hydra/config.yaml`), resolved."""
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     return OmegaConf.to_container(cfg.data, resolve=True)
 
