@@ -175,3 +175,25 @@ def test_straightness_is_one_for_a_constant_field_and_less_for_a_rotation():
     assert straightness(lambda x, t: torch.ones_like(x), x0) == pytest.approx(1.0)
     rotate = lambda x, t: torch.stack([-x[:, 1], x[:, 0]], 1) * 3.0  # noqa: E731
     assert straightness(rotate, x0) < 0.5
+
+
+def test_a_flow_checkpoint_is_data_only_a_planted_target_is_refused(config, tmp_path):
+    """A flow's checkpoint goes through the same record checks as every checkpoint: a
+    `_target_` planted in its network's settings is refused naming the key, never called."""
+    from ot_gen.run.checkpoints import CheckpointError
+    from ot_gen.run.sample import write_samples
+
+    cfg = config(*FLOW, "trainer.max_steps=10", "mode.val_every_rounds=10")
+    run(cfg)
+    last = ROOT / cfg.paths.output_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    sentinel = tmp_path / "owned"
+    ckpt["ot_gen"]["config"]["network"]["steps"] = {"_target_": "ot_gen.flow.velocity.torch.save",
+                                                    "_args_": [{}, str(sentinel)]}
+    torch.save(ckpt, last)
+    with pytest.raises(CheckpointError, match=r"its run record's network\.steps\._target_='ot_gen\.flow\.velocity\."
+                                              r"torch\.save' is not allowed"):
+        write_samples(last, 10, tmp_path / "s.npy")
+    with pytest.raises(CheckpointError, match=r"network\.steps\._target_"):
+        run(config(*FLOW, "trainer.max_steps=20", "mode.val_every_rounds=10", f"ckpt_path={last}"))
+    assert not sentinel.exists() and not (tmp_path / "s.npy").exists()
