@@ -15,6 +15,7 @@ LAYERS = {
     "launch": 5,            # Hydra callbacks around jobs
     "run": 4,               # build, the run, sample export, checkpoints, record, pre-emption, loggers
     "flow": 3.5,            # mode=flow and its velocity networks: modes of the model's kind
+    "latent": 3.5,          # the code space: the autoencoder, the codes as data, their pictures
     "model": 3,             # module, modes, priors, networks, EMA
     "evaluation": 2,        # metrics, Fréchet, pictures, end-of-run evaluation
     "matching": 1, "data": 1, "memory": 1,   # memory: what a run will allocate, against the machine

@@ -1,4 +1,4 @@
-"""SSIM and PSNR costs against independent formulas, and their config rules."""
+"""SSIM, PSNR and Laplacian-pyramid costs against independent formulas, and their config rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ot_gen.matching.costs import PSNR, SSIM
+from ot_gen.matching.costs import PSNR, SSIM, LaplacianL1
 from ot_gen.errors import ConfigError
 from ot_gen.run.build import build
 
@@ -52,6 +52,38 @@ def test_psnr_cost_is_minus_psnr_in_db():
     torch.testing.assert_close(cost.pairwise(x, y), 10 * torch.log10(mse), atol=1e-4, rtol=1e-5)
     shifted = cost.paired(x, x + 0.1)
     torch.testing.assert_close(shifted, torch.full((3,), 10 * math.log10(0.01)), atol=1e-4, rtol=1e-5)
+
+
+def laplacian_by_hand(x, y, levels):
+    """Σ_j 4^j ‖L_j x − L_j y‖₁, the pyramid built image by image with explicit 2×2 means."""
+    def pyramid(img):
+        bands, g = [], img
+        for _ in range(levels - 1):
+            c, h, w = g.shape
+            coarse = g.reshape(c, h // 2, 2, w // 2, 2).mean((2, 4))
+            bands.append(g - coarse.repeat_interleave(2, 1).repeat_interleave(2, 2))
+            g = coarse
+        return bands + [g]
+    return sum(4**j * (a - b).abs().sum() for j, (a, b) in enumerate(zip(pyramid(x), pyramid(y))))
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_laplacian_cost_is_the_weighted_l1_of_pyramid_bands(levels):
+    x, y = images(4, 4, (2, 8, 8)), images(3, 5, (2, 8, 8))
+    cost = LaplacianL1((-1.0, 1.0), levels=levels)
+    expected = torch.tensor([[float(laplacian_by_hand(a, b, levels)) for b in y] for a in x])
+    torch.testing.assert_close(cost.pairwise(x, y), expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(cost.paired(x[:3], y), expected.diagonal(), atol=1e-4, rtol=1e-5)
+    assert cost.paired(x, x).abs().max() == 0
+    if levels == 1:  # one band: the image itself, plain L1
+        torch.testing.assert_close(cost.pairwise(x, y), torch.cdist(x.flatten(1), y.flatten(1), p=1.0))
+
+
+def test_laplacian_cost_refuses_images_its_bands_do_not_halve(config):
+    cfg = config("data=clock", "data.image_size=28", "cost=laplacian", "cost.levels=4", "data.n_train=300",
+                 "val_samples=50", "network.width=16")
+    with pytest.raises(ConfigError, match=r"cost.levels=4.*28×28.*divisible by 8"):
+        build(cfg)
 
 
 def test_image_costs_refuse_non_images():

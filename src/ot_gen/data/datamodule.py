@@ -53,6 +53,12 @@ class OTDataModule(L.LightningDataModule):
             raise RuntimeError("the data module has no data yet: call setup() first")
         return tuple(self.train_set.shape[1:])
 
+    @property
+    def eval_data(self) -> "OTDataModule":
+        """The data generated points are scored against: these points themselves, or for
+        a code-space run (`ot_gen.latent.CodeDataModule`) the images the codes encode."""
+        return self
+
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Images mapped to [0, 1] for display and pixel-scale distances; other data as is."""
         if self.value_range is None:

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def final_metrics(cfg: DictConfig, module: L.LightningModule, data, trainer: L.Trainer) -> dict[str, float]:
-    """The `eval/*` figures of a trained `module` (anything with `sample(n)`) on `data`."""
+    """The `eval/*` figures of a trained `module` (anything with `sample(n)`) on `data`
+    (against the images, for a code-space run's codes)."""
+    data = data.eval_data
     return {**w2_over_draws(cfg.w2_draws, module, data, trainer.global_step),
             **_unseen_sample_metrics(cfg, module, data, trainer), **_w1_to_train(cfg, module, data)}
 

@@ -142,7 +142,7 @@ class ClassifierFrechet(L.Callback):
         """Train the classifier once, at the first validation (the module is on its device),
         and score the held-out images."""
         self._prepared = True
-        dm = trainer.datamodule
+        dm = None if trainer.datamodule is None else trainer.datamodule.eval_data
         if dm is None or dm.train_set.dim() != 4 or getattr(dm, "train_labels", None) is None or dm.val_labels is None:
             return
         device = pl_module.device
@@ -173,7 +173,7 @@ class ClassifierFrechet(L.Callback):
         self.metric.to(pl_module.device)
         with own_rng(pl_module.device, self.seed):
             z = pl_module.prior.sample(self._n_real)
-            fake = pl_module.generate(z)
+            fake = pl_module.render(z)
         self.metric.reset()  # the generated images' statistics; the held-out ones stay
         self.metric.update(fake, real=False)
         precision, recall = knn_precision_recall(self._real_features.to(pl_module.device),

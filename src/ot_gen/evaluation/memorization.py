@@ -158,7 +158,7 @@ class Memorization(L.Callback):
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        dm = trainer.datamodule
+        dm = None if trainer.datamodule is None else trainer.datamodule.eval_data
         if trainer.sanity_checking or dm is None or dm.val_set.dim() != 4:
             return
         device = pl_module.device

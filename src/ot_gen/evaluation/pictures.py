@@ -100,7 +100,7 @@ class PointCloudPlots(L.Callback):
         self.n_density = check_positive_int("n_density", n_density)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        real = trainer.datamodule.val_set
+        real = trainer.datamodule.eval_data.val_set
         if not _draws_now(trainer) or real.dim() != 2 or real.shape[1] > 2:
             return
         with own_rng(pl_module.device):
@@ -113,7 +113,7 @@ class PointCloudPlots(L.Callback):
         if real.shape[1] == 2:
             fig = self._pairs(*_matched_pairs(pl_module, real[: self.n_pairs]), step)
             log_picture(trainer.loggers, out_dir, "plots/pairs", fig, step)
-            fig = self._density(trainer.datamodule.train_set, pl_module.sample(self.n_density), step)
+            fig = self._density(trainer.datamodule.eval_data.train_set, pl_module.sample(self.n_density), step)
             log_picture(trainer.loggers, out_dir, "plots/density", fig, step)
 
     @staticmethod
@@ -168,14 +168,16 @@ class ImageGrids(L.Callback):
         self.per_class = check_positive_int("per_class", per_class)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        dm = trainer.datamodule
+        points, dm = trainer.datamodule, trainer.datamodule.eval_data
         if not _draws_now(trainer) or dm.val_set.dim() != 4:
             return
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         with own_rng(pl_module.device):
             samples = pl_module.sample(self.n_samples)
             labels = None if getattr(dm, "val_labels", None) is None else dm.val_labels[: self.n_pairs]
-            fake, real = _matched_pairs(pl_module, dm.val_set[: self.n_pairs].to(pl_module.device), labels)
+            # Paired where the run pairs (a code-space run: codes), shown as data (decoded).
+            pairs = _matched_pairs(pl_module, points.val_set[: self.n_pairs].to(pl_module.device), labels)
+            fake, real = (pl_module.decode(x) for x in pairs)
             by_class = class_grid(pl_module, self.per_class) if getattr(pl_module, "conditional", False) else None
         log_picture(trainer.loggers, out_dir, "images/samples", _image_grid(dm, samples, int(self.n_samples**0.5)), step)
         log_picture(trainer.loggers, out_dir, "images/pairs", _image_grid(dm, torch.cat([real, fake]), len(real)), step)
@@ -213,7 +215,7 @@ class LatentTraversals(L.Callback):
         self.seed = int(seed)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        dm = trainer.datamodule
+        dm = trainer.datamodule.eval_data
         if not _draws_now(trainer) or dm.val_set.dim() != 4:
             return
         prior, device = pl_module.prior, pl_module.device
@@ -227,7 +229,7 @@ class LatentTraversals(L.Callback):
         centre = centres[0]
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = lambda *shape: torch.randn(*shape, generator=gen).to(device)  # noqa: E731
-        show = lambda z, nrow: _image_grid(dm, pl_module.generator(with_code(z)), nrow)  # noqa: E731
+        show = lambda z, nrow: _image_grid(dm, pl_module.render(with_code(z)), nrow)  # noqa: E731
         out_dir, step = Path(trainer.default_root_dir), trainer.global_step
         # The plane spans the prior's overall spread: its centres' spread and its noise.
         spread = float((centres.var(0).mean() + scale**2).sqrt()) if mixture else scale
@@ -306,7 +308,7 @@ class SummaryFigure(L.Callback):
             self._draw(trainer, pl_module)
 
     def _draw(self, trainer: L.Trainer, pl_module) -> None:
-        dm = trainer.datamodule
+        dm = trainer.datamodule.eval_data
         fig = Figure(figsize=(16, 4))
         ax = fig.add_subplot(1, 4, 1)
         self._curves(ax, ["val/w2", "val/w2_floor"], "W2 to held-out data")

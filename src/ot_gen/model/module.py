@@ -41,6 +41,7 @@ class OTGenerator(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         match_cost: Cost | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -48,6 +49,10 @@ class OTGenerator(L.LightningModule):
         self.cost, self.mode = cost, mode
         self.match_cost = match_cost or cost  # what the matcher pairs by; `cost` is the loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # A code-space run (ot_gen.latent): the autoencoder's decoder, frozen, from the
+        # generator's points (codes) to what is scored and shown (images). None: the
+        # generator's points are the data.
+        self.decoder = None if decoder is None else decoder.requires_grad_(False)
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self.w2_floor: float | None = None
         # (global step, val/w2) of the last validation that scored the whole held-out set:
@@ -67,10 +72,19 @@ class OTGenerator(L.LightningModule):
         """The generator on latents `z`, without gradient, in chunks."""
         return torch.cat([self.generator(c) for c in z.split(GENERATE_CHUNK)])
 
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's points as data: decoded images in a code-space run, else as they are."""
+        return x if self.decoder is None else torch.cat([self.decoder(c) for c in x.split(GENERATE_CHUNK)])
+
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """The samples of latents `z`, as data (what every figure and picture scores)."""
+        return self.decode(self.generate(z))
+
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """`n` samples; of the classes `labels` (a class-conditional run), else drawn as
-        the training set's classes are."""
-        return self.generate(self.prior.sample(n) if labels is None else self.prior.sample(n, labels))
+        """`n` samples as data; of the classes `labels` (a class-conditional run), else
+        drawn as the training set's classes are."""
+        return self.render(self.prior.sample(n) if labels is None else self.prior.sample(n, labels))
 
     def latents_for(self, ids: torch.Tensor, per_real: int) -> torch.Tensor:
         """`per_real` latents for each of the reals `ids` (training-set indices): in a
@@ -243,7 +257,7 @@ class OTGenerator(L.LightningModule):
             return
         (n, solve), self._w2_solve = self._w2_solve, None
         dist = solve.result()
-        if n == len(self.trainer.datamodule.val_set):  # not a DDP rank's shard
+        if n == len(self.trainer.datamodule.eval_data.val_set):  # not a DDP rank's shard
             self.scored = (self.global_step, dist)
         self.log_dict(
             {"val/w2": dist, "val/w2_floor": self.w2_floor, "val/w2_ratio": dist / max(self.w2_floor, 1e-12)},
@@ -254,6 +268,6 @@ class OTGenerator(L.LightningModule):
     def _noise_floor(self, n: int) -> float:
         """W2 between two independent data samples of the validation size: the value a
         perfect generator would get, up to sampling noise. Computed once per run."""
-        dm = self.trainer.datamodule
+        dm = self.trainer.datamodule.eval_data
         n = min(n, len(dm.train_set), len(dm.val_set))
         return w2(dm.train_set[:n], dm.val_set[:n])

@@ -18,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, check
+from ot_gen.latent.codes import CodeDataModule
+from ot_gen.run.autoencoder_stage import build_network
 from ot_gen.memory import check_fits
 from ot_gen.matching import Matcher
 from ot_gen.matching.costs import Cost
@@ -81,6 +83,10 @@ def build(cfg: DictConfig) -> Run:
     data = instantiate_group("data", cfg.data, batch_size=mode.reals_per_round)
     data.setup("fit")  # the data's shape and size decide the network's and the matcher's
     data_name = cfg.data.get("name", cfg.data.get("source"))
+    decoder = None
+    if cfg.get("autoencoder") is not None:  # a code-space run: the generator's data are the images' codes
+        data = _code_space(cfg, data, data_name, mode, resume)
+        decoder = data.autoencoder.decoder
     mode.check_data(len(data.train_set), data_name, data.train_set[0].numel())
     if cfg.eval.n_generated and cfg.eval.n_heldout > len(data.val_set):
         log.warning("eval.n_heldout=%d is more than the %d held-out points of data=%s: the final evaluation "
@@ -89,7 +95,7 @@ def build(cfg: DictConfig) -> Run:
     info = run_record.DataInfo.of(data)
     if resume is not None:
         _check_resumed_data(resume, info)
-    module = build_module(cfg, mode, info)
+    module = build_module(cfg, mode, info, decoder=decoder)
     _check_costs(module, mode, tuple(data.train_set[0].shape), data_name)
     check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
     callbacks = [run_record.RunRecord(config), ValidationClock(), Preemption(),
@@ -107,11 +113,34 @@ def build(cfg: DictConfig) -> Run:
     return Run(module, data, trainer, resume)
 
 
-def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursive: bool = True) -> OTGenerator:
+def _code_space(cfg: DictConfig, images: L.LightningDataModule, data_name: str, mode: Mode,
+                resume: Resume | None) -> CodeDataModule:
+    """The autoencoder stage (trained, reused from the cache or named), then the codes of
+    the images, which the generator trains on."""
+    check(images.train_set.dim() == 4, "autoencoder", target_of("autoencoder", cfg.autoencoder).__name__,
+          f"null with data={data_name}: its points have shape {tuple(images.train_set.shape[1:])}, and an "
+          "autoencoder stage encodes images (C, H, W)")
+    stage = instantiate_group("autoencoder", cfg.autoencoder)
+    autoencoder = stage.prepare(
+        images, OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.autoencoder, resolve=True),
+        Path(cfg.paths.output_dir), None if resume is None else resume.path.parent.parent,
+        accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    codes = CodeDataModule(images, autoencoder, batch_size=mode.reals_per_round,
+                           num_workers=cfg.data.get("num_workers", 0))
+    codes.setup("fit")
+    return codes
+
+
+def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursive: bool = True,
+                 decoder: torch.nn.Module | None = None) -> OTGenerator:
     """The LightningModule of a run config, for data of that description: training builds
     it from the loaded data, `python -m ot_gen.sample` from a checkpoint's run record
-    (`recursive=False`: each part from its root `_target_` alone, nothing nested built)."""
+    (`recursive=False`: each part from its root `_target_` alone, nothing nested built).
+    A code-space run's `decoder` is the trained autoencoder's; rebuilt from a checkpoint's
+    record, it is an untrained one of the same network, which the state dict fills."""
     instantiate = functools.partial(instantiate_group, recursive=recursive)
+    if decoder is None and cfg.get("autoencoder") is not None:
+        decoder = build_network(cfg.autoencoder.network, data.decoded_shape, data.value_range, "the run record").decoder
     prior = instantiate("prior", cfg.prior)
     in_dim = cfg.network.get("in_dim", prior.dim)
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
@@ -132,14 +161,15 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
     if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (eta_min, lr)):
         check(eta_min <= lr, "scheduler.eta_min", eta_min,
               f"at most optimizer.lr={lr} (the cosine decays from the rate to eta_min; above it, it climbs)")
-    return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost)
+    return OTGenerator(prior, generator, matcher, cost, mode, optimizer, scheduler, match_cost=match_cost,
+                       decoder=decoder)
 
 
 def _check_resumed_data(resume: Resume, info: run_record.DataInfo) -> None:
     """The data a checkpoint was written for is the data it resumes on: its weights are
     shaped by it, and its matcher's state is indexed by training point."""
     stored = resume.record.data
-    for what in ("shape", "n_train", "value_range"):
+    for what in ("shape", "n_train", "value_range", "decoded_shape"):
         was, now = getattr(stored, what), getattr(info, what)
         check(was == now, "ckpt_path", str(resume.path),
               f"a checkpoint of this data: it was written for data of {what} {was}, this data has {what} {now}")

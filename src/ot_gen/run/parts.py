@@ -56,8 +56,11 @@ SLOTS = (
     Slot("trainer.plugins.*", "lightning.fabric.plugins.io.checkpoint_io:CheckpointIO", ("ot_gen.run.checkpoints",)),
     Slot("callbacks.*", "lightning.pytorch:Callback",
          ("ot_gen.run.checkpoints", "ot_gen.model.ema", "ot_gen.evaluation.pictures", "ot_gen.evaluation.frechet",
-          "ot_gen.evaluation.memorization", "lightning.pytorch.callbacks")),
+          "ot_gen.evaluation.memorization", "ot_gen.latent.pictures", "lightning.pytorch.callbacks")),
     Slot("callbacks.*.train_time_interval", "datetime:timedelta", ("datetime",)),
+    Slot("autoencoder", "ot_gen.run.autoencoder_stage:Stage", ("ot_gen.run.autoencoder_stage",)),
+    Slot("autoencoder.network", "torch.nn:Module", ("ot_gen.latent",), partial=True),
+    Slot("autoencoder.loss", "ot_gen.matching.costs:Cost", ("ot_gen.matching.costs",)),
     Slot("logger.*", "lightning.pytorch.loggers:Logger", ("ot_gen.run.loggers", "lightning.pytorch.loggers")),
 )
 

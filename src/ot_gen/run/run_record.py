@@ -26,21 +26,31 @@ class DataInfo:
     """What the parts of a run need to know of its data: the shape of one point, the size
     of the training set (per-real matcher state), the pixel range of images (None for
     other data) and, when it has labels, how many training points each class has (a
-    class-conditional run's prior draws classes by these counts)."""
+    class-conditional run's prior draws classes by these counts). A code-space run's
+    points are codes: `decoded_shape` is the shape of the images they decode to, and
+    `value_range` those images' range (None for any other run)."""
 
     shape: tuple[int, ...]
     n_train: int
     value_range: tuple[float, float] | None = None
     class_counts: tuple[int, ...] | None = None
+    decoded_shape: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, data) -> "DataInfo":
         """From a data module that has been set up."""
-        value_range = None if data.value_range is None else tuple(float(v) for v in data.value_range)
+        shown = data.eval_data  # the images of a code-space run, else the data itself
+        value_range = None if shown.value_range is None else tuple(float(v) for v in shown.value_range)
         labels = getattr(data, "train_labels", None)
         counts = None if labels is None or not bool((labels >= 0).any()) \
             else tuple(int(c) for c in torch.bincount(labels[labels >= 0]))  # -1: an outlier, no class
-        return cls(tuple(data.data_shape), len(data.train_set), value_range, counts)
+        decoded = None if shown is data else tuple(shown.data_shape)
+        return cls(tuple(data.data_shape), len(data.train_set), value_range, counts, decoded)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as written and shown: the decoded image's, or the point's."""
+        return self.decoded_shape or self.shape
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
@@ -50,6 +60,11 @@ class DataInfo:
         shape, n_train = tuple(d["shape"]), d["n_train"]
         if not (1 <= len(shape) <= 3 and all(_count(s, 1) for s in shape) and _count(n_train, 1)):
             raise ValueError(f"shape {list(shape)}, n_train {n_train!r}: 1-3 positive sizes and a positive count")
+        decoded = d.get("decoded_shape")
+        if decoded is not None:
+            decoded = tuple(decoded)
+            if not (len(decoded) == 3 and all(_count(s, 1) for s in decoded) and value_range is not None):
+                raise ValueError(f"decoded_shape {list(decoded)}: an image shape (C, H, W) with a value_range")
         if value_range is not None:
             value_range = tuple(value_range)
             if not (len(value_range) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
@@ -57,7 +72,7 @@ class DataInfo:
                 raise ValueError(f"value_range {list(value_range)}: two finite numbers, low < high")
         if counts is not None and not (len(counts) >= 1 and all(_count(c, 0) for c in counts)):
             raise ValueError(f"class_counts {counts!r}: counts >= 0")
-        return cls(shape, int(n_train), value_range, None if counts is None else tuple(int(c) for c in counts))
+        return cls(shape, int(n_train), value_range, None if counts is None else tuple(int(c) for c in counts), decoded)
 
 
 def _count(v: Any, minimum: int) -> bool:

@@ -7,7 +7,8 @@ behind `python -m ot_gen.sample` (conf/sample.yaml).
 The module is rebuilt from the run record in the checkpoint (its config and the data's
 description) by `run.build.build_module`, the code that built it for training, and loaded
 whole. The array has shape (N, *data_shape) in the data's value range (images are
-clamped to it). Samples are generated `batch` at a time straight into a memory-mapped
+clamped to it); a code-space run's samples are decoded images, or with `codes=true` the
+generator's codes. Samples are generated `batch` at a time straight into a memory-mapped
 .npy file, so 100,000 CIFAR-size samples never sit in memory at once.
 """
 
@@ -51,16 +52,22 @@ def _partial(path: Path) -> Path:
 
 @torch.no_grad()
 def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cpu", seed: int = 0,
-                  png=None, label: int | None = None, solver: str | None = None, steps: int | None = None
-                  ) -> np.ndarray:
+                  png=None, label: int | None = None, solver: str | None = None, steps: int | None = None,
+                  codes: bool = False) -> np.ndarray:
     """Write the samples to `out` (and the picture of the first ones to `png`), each first
     under a `.partial` name, its whole size reserved on disk before any sample is
     generated, then renamed into place: a failure (a full disk, a signal) leaves no
     truncated output, and an existing file is replaced only by a complete one. Returns the
     array, memory-mapped. `label`: samples of that class only (a class-conditional run);
     without it such a run's picture shows one row per class. `solver`, `steps`: a flow's
-    ODE integrated otherwise than it was trained to be."""
+    ODE integrated otherwise than it was trained to be. `codes`: a code-space run's codes,
+    not decoded."""
     module, data = load_module(ckpt_path, device)
+    check(isinstance(codes, bool), "codes", codes, "true or false")
+    check(not codes or module.decoder is not None, "codes", codes,
+          "false: this checkpoint's run has no autoencoder stage (its samples are the data)")
+    shape, value_range = (data.shape, None) if codes else (data.sample_shape, data.value_range)
+    draw = module.generate if codes else module.render
     if solver is not None or steps is not None:
         key, value = ("solver", solver) if solver is not None else ("steps", steps)
         check(getattr(module.generator, "is_flow", False), key, value,
@@ -76,14 +83,15 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial(out)
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *data.shape))
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
         with open(tmp, "r+b") as f:  # a sparse file would fail later, mid-write, with SIGBUS
             os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
         for start in range(0, n, batch):
             size = min(batch, n - start)
-            x = module.sample(size, None if label is None else torch.full((size,), label, device=device))
-            if data.value_range is not None:
-                x = x.clamp(*data.value_range)
+            labels = None if label is None else torch.full((size,), label, device=device)
+            x = draw(module.prior.sample(size) if labels is None else module.prior.sample(size, labels))
+            if value_range is not None:
+                x = x.clamp(*value_range)
             array[start : start + len(x)] = x.float().cpu().numpy()
         array.flush()
         del array
@@ -96,7 +104,7 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
         try:
             png.parent.mkdir(parents=True, exist_ok=True)
             shown, count = torch.from_numpy(np.array(array[:1000])), 64
-            if module.conditional and label is None and len(data.shape) == 3:
+            if module.conditional and label is None and len(shape) == 3:
                 shown = class_grid(module, 8).float().cpu()  # one row of 8 per class
                 count = len(shown)
             _picture(shown, data, _partial(png), count)
@@ -154,7 +162,7 @@ def sample(cfg: DictConfig) -> int:
                   "a file other than the checkpoint it reads")
         with _sigterm_as_interrupt():
             array = write_samples(ckpt, cfg.n, cfg.out, cfg.batch, device, cfg.seed, cfg.png, cfg.get("class"),
-                                  cfg.get("solver"), cfg.get("steps"))
+                                  cfg.get("solver"), cfg.get("steps"), cfg.get("codes", False))
     except OTGenError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
