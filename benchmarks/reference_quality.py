@@ -14,6 +14,13 @@ images for three stand-ins of a generator:
   when it beats this row on Fréchet distance AND recall);
 - mean: the mean training image, repeated (the worst sensible generator).
 
+A code-space experiment (`latent_mnist`: an autoencoder stage) adds two stand-ins, its
+autoencoder taken from the cache as its runs take it (trained first when missing):
+decoded training codes (the autoencoder's copies: what a lookup table in code space
+scores; for quality, the ceiling a code-space generator can reach, in the same way as
+`real`) and, for memorization, decoded unseen codes (held-out images through the
+autoencoder: novel, as blurred as the autoencoder makes them).
+
 The figures are those the training run logs at each validation (val/frechet_classifier,
 val/precision_classifier, val/recall_classifier), so a run's numbers read against them.
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -56,7 +64,8 @@ def blur(images: torch.Tensor) -> torch.Tensor:
 
 
 def _setup(experiment: str, data_dir: Path, cache_dir: Path, overrides: tuple[str, ...]):
-    """(the experiment's config, its data set up, the classifier its runs train)."""
+    """(the experiment's config, its data set up, the classifier its runs train, its
+    autoencoder or None)."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", *overrides, f"paths.data_dir={data_dir}",
                                           f"data.cache_dir={cache_dir}", "paths.output_dir=/tmp/unused"])
@@ -66,12 +75,24 @@ def _setup(experiment: str, data_dir: Path, cache_dir: Path, overrides: tuple[st
     data.setup("fit")
     model = train_classifier(data.train_set[: settings.max_train], data.train_labels[: settings.max_train],
                              settings.steps, seed=settings.seed)
-    return cfg, settings, data, model
+    autoencoder = None
+    if cfg.get("autoencoder") is not None:
+        stage = instantiate_group("autoencoder", cfg.autoencoder)
+        with tempfile.TemporaryDirectory() as run_dir:
+            autoencoder = stage.prepare(data, OmegaConf.to_container(cfg.data, resolve=True),
+                                        OmegaConf.to_container(cfg.autoencoder, resolve=True), Path(run_dir))
+    return cfg, settings, data, model, autoencoder
+
+
+@torch.no_grad()
+def decoded(autoencoder, images: torch.Tensor) -> torch.Tensor:
+    """The images through the autoencoder: their codes, decoded."""
+    return torch.cat([autoencoder(c) for c in images.split(1000)])
 
 
 def memorization_rows(experiment: str, data_dir: Path, cache_dir: Path,
                       overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
-    cfg, settings, data, model = _setup(experiment, data_dir, cache_dir, overrides)
+    cfg, settings, data, model, autoencoder = _setup(experiment, data_dir, cache_dir, overrides)
     mem = cfg.callbacks.memorization
     held = data.val_set[: mem.n_samples]
     reference, unseen = held[: len(held) // 2], held[len(held) // 2 :]
@@ -81,8 +102,12 @@ def memorization_rows(experiment: str, data_dir: Path, cache_dir: Path,
     features = lambda x: model.features(x).detach()  # noqa: E731
     copying = CopyingTest.of(features(train), features(reference), mem.cells)
     rows = {}
-    for name, images in (("held-out (unseen)", unseen), ("blurred unseen", blur(unseen)), ("copies", copies),
-                         ("blurred copies", blur(copies))):
+    stand_ins = [("held-out (unseen)", unseen), ("blurred unseen", blur(unseen)), ("copies", copies),
+                 ("blurred copies", blur(copies))]
+    if autoencoder is not None:
+        stand_ins += [("decoded unseen codes", decoded(autoencoder, unseen)),
+                      ("decoded training codes (the autoencoder's copies)", decoded(autoencoder, copies))]
+    for name, images in stand_ins:
         rows[name] = {**pixel_scores(data.to_unit(images).clamp(0, 1), data.to_unit(train), ref),
                       "data_copying_ct": copying.score(features(images), mem.min_per_cell // 2)}
     return rows
@@ -90,12 +115,14 @@ def memorization_rows(experiment: str, data_dir: Path, cache_dir: Path,
 
 def reference_rows(experiment: str, data_dir: Path, cache_dir: Path,
                    overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
-    cfg, settings, data, model = _setup(experiment, data_dir, cache_dir, overrides)
+    cfg, settings, data, model, autoencoder = _setup(experiment, data_dir, cache_dir, overrides)
     held = data.val_set[: settings.n_samples]
     real = data.train_set[: len(held)]
     mean = data.train_set.mean(0, keepdim=True).expand_as(real)
-    return {name: image_scores(model, held, images, settings.k)
-            for name, images in (("real", real), ("blurred", blur(real)), ("mean", mean))}
+    stand_ins = [("real", real), ("blurred", blur(real)), ("mean", mean)]
+    if autoencoder is not None:
+        stand_ins.append(("decoded training codes (the ceiling)", decoded(autoencoder, real)))
+    return {name: image_scores(model, held, images, settings.k) for name, images in stand_ins}
 
 
 def main() -> None:

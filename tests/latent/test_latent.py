@@ -198,3 +198,42 @@ def test_a_code_space_run_resumes_exactly(config, ae_cache):
     assert a.keys() == b.keys() and any(k.startswith("decoder.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_sigterm_in_the_autoencoder_stage_saves_it_and_the_same_command_continues_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import python_env, reaped
+
+    cache = tmp_path / "cache"
+    command = [sys.executable, "train.py", *latent(cache, *MINIBATCH, "autoencoder.max_steps=400",
+                                                   "autoencoder.val_every=20", "logger=none"),
+               f"hydra.run.dir={tmp_path / 'run'}", "overwrite=true"]
+
+    def start():
+        return subprocess.Popen(command, cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+    with reaped(start()) as proc:
+        deadline = time.time() + 120
+        while not list(cache.glob("*/partial/last.ckpt")):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    (partial,) = cache.glob("*/partial/last.ckpt")
+    stopped_at = torch.load(partial, weights_only=True)["global_step"]
+    assert "SIGTERM in the autoencoder stage" in out and "the same command continues it" in out, out[-3000:]
+    assert 20 <= stopped_at < 400 and not list(cache.glob("*/autoencoder.ckpt"))
+    with reaped(start()) as proc:
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"continuing the stopped training from {partial}" in out
+    (done,) = cache.glob("*/autoencoder.ckpt")
+    assert torch.load(done, weights_only=True)["global_step"] == 400 and not partial.exists()
+    assert (tmp_path / "run" / "metrics.json").is_file()

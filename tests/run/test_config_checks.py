@@ -15,7 +15,7 @@ from ot_gen.run.config_checks import check_all_types, check_top_level
 from ot_gen.run.train import run
 
 GROUPS = ["prior", "network", "matcher", "cost", "mode", "data", "trainer", "logger",
-          "callbacks", "scheduler", "experiment", "hparams_search"]
+          "callbacks", "scheduler", "experiment", "hparams_search", "autoencoder"]
 # Options that need hardware this machine lacks: composed only, not built.
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
 
@@ -28,12 +28,14 @@ def options():
 
 def needs(group: str, option: str, tmp_path) -> list[str]:
     """What an option needs beside it to build here: data files, or image data for a conv net."""
-    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_")):
+    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_", "latent_")):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
-        # the whole-set experiments' pools follow data.n_train
+        # the whole-set experiments' pools follow data.n_train; a code-space one's autoencoder at a few steps
+        latent = ["autoencoder.max_steps=5", f"autoencoder.cache_dir={tmp_path}/ae", "mode.pool_size=1000"] \
+            if option.startswith("latent_") else []
         return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
-                "data.n_train=1000", "val_samples=100"]
+                "data.n_train=1000", "val_samples=100", *latent]
     if option == "cifar10":
         write_cifar(tmp_path / "c10")
         return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null", "mode.batch_size=8"]
@@ -42,10 +44,13 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
         return [f"data.root={tmp_path}/imgs", "val_samples=2", "data.n_train=null", "mode.batch_size=4"]
     if option == "conv28":
         return ["data=clock"]
-    if option in ("ssim", "psnr"):
+    if option in ("ssim", "psnr", "laplacian"):
         return ["data=clock", "network=conv28", "data.n_train=64", "val_samples=16", "mode.batch_size=16"]
     if option == "semidiscrete":
         return ["mode=oversampled"]
+    if group == "autoencoder":
+        return ["data=clock", "data.n_train=64", "val_samples=16", "mode.batch_size=16", "autoencoder.max_steps=5",
+                f"autoencoder.cache_dir={tmp_path}"]
     if (group, option) in (("network", "flow_mlp"), ("mode", "flow")):  # each needs the other
         return ["mode=flow", "network=flow_mlp"]
     if option == "deconv32":
@@ -66,7 +71,7 @@ def test_every_option_composes_and_builds(config, group, option, tmp_path):
         return
     module, data, trainer, _ = build(cfg)
     x = module.sample(7)
-    assert x.shape == (7, *data.data_shape)
+    assert x.shape == (7, *data.eval_data.data_shape)  # a code-space run's samples: decoded images
 
 
 def test_the_default_config_is_the_documented_one(config):

@@ -5,10 +5,12 @@
 - once (the autoencoder is fixed): `images/reconstructions`, held-out images (top row)
   above their decoded codes; `latent/code_interpolation`, decoded straight lines between
   the codes of two held-out images (is a blend of two codes an image?); and the
-  **ceiling** figures, the decoded held-out codes scored as samples are, in the same
-  classifier's features (`val/ceiling_frechet_classifier`, `val/ceiling_precision_classifier`,
-  `val/ceiling_recall_classifier`) and their per-pixel error (`val/ceiling_mse`): what a
-  generator that drew the codes of unseen images would score;
+  **ceiling** figures: decoded training codes scored as samples are, in the same
+  classifier's features, against the same held-out images (`val/ceiling_frechet_classifier`,
+  `val/ceiling_precision_classifier`, `val/ceiling_recall_classifier`: what a generator
+  that drew the codes of real images would score, as real training images score the
+  best a pixel-space generator reaches) and the held-out images' reconstruction error
+  per pixel (`val/ceiling_mse`);
 - every validation: `latent/code_projection`, the training codes and as many generated
   codes on the two principal axes of the training codes.
 """
@@ -58,12 +60,13 @@ class CodeSpaceFigures(L.Callback):
 
     def _ceiling_figures(self, trainer, pl_module, dm: CodeDataModule) -> dict[str, float]:
         held = dm.images.val_set.to(pl_module.device)
-        decoded = pl_module.decode(dm.val_set.to(pl_module.device))
-        figures = {"val/ceiling_mse": unit_mse(decoded, held, dm.images.value_range)}
+        figures = {"val/ceiling_mse": unit_mse(pl_module.decode(dm.val_set.to(pl_module.device)), held,
+                                               dm.images.value_range)}
         frechet = next((cb for cb in trainer.callbacks if isinstance(cb, ClassifierFrechet)), None)
         if frechet is not None and frechet.model is not None:  # it scores samples against the same held-out images
-            n = frechet.n_samples
-            scores = image_scores(frechet.model, held[:n], decoded[:n], frechet.k)
+            n = min(frechet.n_samples, len(held))
+            copies = pl_module.decode(dm.train_set[:n].to(pl_module.device))
+            scores = image_scores(frechet.model, held[:n], copies, frechet.k)
             figures.update({f"val/ceiling_{k}_classifier": v for k, v in scores.items()})
         return figures
 
