@@ -197,3 +197,89 @@ def test_a_flow_checkpoint_is_data_only_a_planted_target_is_refused(config, tmp_
     with pytest.raises(CheckpointError, match=r"network\.steps\._target_"):
         run(config(*FLOW, "trainer.max_steps=20", "mode.val_every_rounds=10", f"ckpt_path={last}"))
     assert not sentinel.exists() and not (tmp_path / "s.npy").exists()
+
+
+# -- distillation: a one-step generator regressed onto a flow's endpoints ------------------
+STUDENT = ["matcher=flow_teacher", "network.width=128", "trainer.max_steps=600", "eval.n_generated=0",
+           "callbacks=none", "mode.val_every_rounds=1000", "optimizer.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A flow trained on the default 2-D set: the teacher of the distillation tests."""
+    from conftest import make_config
+
+    cfg = make_config(*FLOW, "matcher=exact", "trainer.max_steps=300", out_dir=tmp_path_factory.mktemp("teacher"))
+    run(cfg)
+    return ROOT / cfg.paths.output_dir / "checkpoints" / "last.ckpt"
+
+
+def test_distillation_reproduces_the_teachers_endpoints_at_one_step(config, teacher):
+    from ot_gen.run.build import module_of_checkpoint
+
+    cfg = config(*STUDENT, f"matcher.ckpt={teacher}")
+    run(cfg)
+    metrics = json.loads((ROOT / cfg.paths.output_dir / "metrics.json").read_text())
+    student, _ = module_of_checkpoint(ROOT / cfg.paths.output_dir / "checkpoints" / "last.ckpt")
+    flow, _ = module_of_checkpoint(teacher)
+    assert not getattr(student.generator, "is_flow", False)  # one network evaluation a sample
+    torch.manual_seed(3)
+    z = student.prior.sample(2000)
+    with torch.no_grad():
+        mine, theirs = student.generate(z), flow.generate(z)
+    gap = (mine - theirs).norm(dim=1)
+    spread = theirs.std(0).norm()
+    assert gap.median() < 0.1 * spread, (float(gap.median()), float(spread))  # the teacher's map, latent by latent
+    assert metrics["train/matched_cost"] < 0.05 * float(spread**2)
+    # its samples are the flow's: as close to held-out data as the flow's own
+    _, data, _, _ = build(cfg)
+    data.setup()
+    assert w2(mine[:1000], data.val_set[:1000]) < 1.5 * w2(theirs[:1000], data.val_set[:1000])
+
+
+@pytest.mark.parametrize("change, named", [
+    ("data=moons", r"a flow of this run's data .*data.name: 'eight_gaussians' there, 'moons' here"),
+    ("prior.std=2.0", r"a flow of this run's prior .*prior.std: 1.0 there, 2.0 here"),
+])
+def test_a_teacher_of_other_data_or_prior_is_refused_before_training(config, teacher, change, named):
+    with pytest.raises(ConfigError, match=r"matcher.ckpt=.*" + named):
+        build(config(*STUDENT, f"matcher.ckpt={teacher}", change))
+
+
+def test_a_teacher_that_is_not_a_flow_is_refused(config):
+    one_step = config("trainer.max_steps=5", "callbacks=none", "eval.n_generated=0")
+    run(one_step)
+    with pytest.raises(ConfigError, match="matcher.ckpt=.*takes one step"):
+        build(config(*STUDENT, f"matcher.ckpt={ROOT / one_step.paths.output_dir / 'checkpoints' / 'last.ckpt'}"))
+    with pytest.raises(ConfigError, match="matcher.ckpt=None.*an existing checkpoint of a mode=flow run"):
+        build(config(*STUDENT))
+
+
+def test_a_distilled_checkpoint_samples_without_its_teacher(config, teacher, tmp_path):
+    """The student's checkpoint holds the student only: sampling it needs no teacher file."""
+    import shutil
+
+    from ot_gen.run.sample import write_samples
+
+    moved = tmp_path / "teacher.ckpt"
+    shutil.copyfile(teacher, moved)
+    cfg = config(*STUDENT, f"matcher.ckpt={moved}", "trainer.max_steps=20")
+    run(cfg)
+    ckpt = ROOT / cfg.paths.output_dir / "checkpoints" / "last.ckpt"
+    assert not any(k.startswith("matcher.") for k in torch.load(ckpt, weights_only=True)["state_dict"])
+    moved.unlink()
+    assert write_samples(ckpt, 10, tmp_path / "s.npy").shape == (10, 2)
+
+
+def test_a_teacher_checkpoint_is_data_only_a_planted_target_is_refused(config, teacher, tmp_path):
+    from ot_gen.run.checkpoints import CheckpointError
+
+    ckpt = torch.load(teacher, map_location="cpu", weights_only=True)
+    sentinel = tmp_path / "owned"
+    ckpt["ot_gen"]["config"]["prior"]["std"] = {"_target_": "ot_gen.flow.teacher.torch.save", "_args_": [{}, str(sentinel)]}
+    forged = tmp_path / "forged.ckpt"
+    torch.save(ckpt, forged)
+    with pytest.raises(CheckpointError, match=r"its run record's prior\.std\._target_='ot_gen\.flow\.teacher\.torch\.save'"
+                                              r" is not allowed"):
+        build(config(*STUDENT, f"matcher.ckpt={forged}"))
+    assert not sentinel.exists()

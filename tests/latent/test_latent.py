@@ -19,7 +19,7 @@ from ot_gen.run import autoencoder_stage
 from ot_gen.run.build import build
 from ot_gen.run.checkpoints import CheckpointError
 from ot_gen.run.config_checks import target_of
-from ot_gen.run.sample import write_samples
+from ot_gen.run.sample import load_module, write_samples
 from ot_gen.run.train import run
 from omegaconf import OmegaConf
 
@@ -165,7 +165,7 @@ def test_sample_writes_decoded_images_or_the_codes(config, ae_cache, tmp_path):
     codes = write_samples(ckpt, 50, tmp_path / "c.npy", codes=True)
     assert codes.shape == (50, CODE_DIM)
     # the same draws: the images are the decoded codes
-    module, _ = __import__("ot_gen.run.sample", fromlist=["load_module"]).load_module(ckpt)
+    module, _ = load_module(ckpt)
     torch.testing.assert_close(module.decode(torch.from_numpy(np.array(codes))), torch.from_numpy(np.array(images)),
                                atol=1e-5, rtol=1e-5)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import CONF, HAS_SHARED, ROOT, SHARED, python_env, write_cifar, write_folder
+from conftest import CONF, HAS_SHARED, ROOT, SHARED, make_config, python_env, write_cifar, write_folder
 from ot_gen.errors import ConfigError, NonFiniteError
 from ot_gen.run.build import build
 from ot_gen.run.config_checks import check_all_types, check_top_level
@@ -28,12 +28,12 @@ def options():
 
 def needs(group: str, option: str, tmp_path) -> list[str]:
     """What an option needs beside it to build here: data files, or image data for a conv net."""
-    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_", "latent_")):
+    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_", "latent_", "flow_latent_")):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
         # the whole-set experiments' pools follow data.n_train; a code-space one's autoencoder at a few steps
         latent = ["autoencoder.max_steps=5", f"autoencoder.cache_dir={tmp_path}/ae", "mode.pool_size=1000"] \
-            if option.startswith("latent_") else []
+            if "latent_" in option else []
         return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
                 "data.n_train=1000", "val_samples=100", *latent]
     if option == "cifar10":
@@ -48,6 +48,12 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
         return ["data=clock", "network=conv28", "data.n_train=64", "val_samples=16", "mode.batch_size=16"]
     if option == "semidiscrete":
         return ["mode=oversampled"]
+    if option == "flow_teacher":  # a teacher: a flow trained on the same data with the same prior
+        from ot_gen.run.train import run
+
+        run(make_config("mode=flow", "network=flow_mlp", "network.width=16", "trainer.max_steps=2", "callbacks=none",
+                        "eval.n_generated=0", out_dir=tmp_path / "teacher"))
+        return [f"matcher.ckpt={tmp_path / 'teacher' / 'checkpoints' / 'last.ckpt'}"]
     if group == "autoencoder":
         return ["data=clock", "data.n_train=64", "val_samples=16", "mode.batch_size=16", "autoencoder.max_steps=5",
                 f"autoencoder.cache_dir={tmp_path}"]

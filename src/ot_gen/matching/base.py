@@ -22,8 +22,9 @@ What a run needs to know of a matcher, the matcher answers itself:
 - constructor arguments named `data_shape` or `n_reals` are bound from the data by
   `train.build` (the shape of one point, the size of the training set);
 - `bind(train_set)`: called once before training with the whole training set;
-- `targets(y, ids)`: the reals it matches a round's generated points against (the
-  round's reals, or for `semidiscrete` the whole training set).
+- `targets(y, ids, z)`: the reals it matches a round's generated points against (the
+  round's reals, for `semidiscrete` the whole training set, for `flow_teacher` a flow's
+  endpoints of the round's latents).
 """
 
 from __future__ import annotations
@@ -82,9 +83,11 @@ class Matcher(nn.Module):
     def bind(self, train_set: torch.Tensor) -> None:
         """Called once before training with the whole training set (on the CPU)."""
 
-    def targets(self, y: torch.Tensor, ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def targets(self, y: torch.Tensor, ids: torch.Tensor | None, z: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The reals (and their training-set indices) that a round's generated points are
-        matched against, given the round's reals `y` with indices `ids`."""
+        matched against, given the round's reals `y` with indices `ids` and the latents
+        `z` the generated points came from (a flow teacher's targets are its endpoints)."""
         return y, ids
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, each_real: int = 1,

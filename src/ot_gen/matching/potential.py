@@ -86,7 +86,7 @@ class SemiDiscreteMatcher(_OwnOptimizer):
             raise ValueError(f"matcher semidiscrete: built for {len(self.psi)} reals, given {len(train_set)}")
         self.reals = train_set.to(self.psi.device)
 
-    def targets(self, y, ids):
+    def targets(self, y, ids, z=None):
         """The whole training set, whatever the round's pool: ψ lives over all of it."""
         if self.reals is None:
             raise RuntimeError("matcher semidiscrete: bind(train_set) must come before matching")

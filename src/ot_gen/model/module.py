@@ -104,7 +104,7 @@ class OTGenerator(L.LightningModule):
         class-conditional run pairs within each class only: the reals' classes are those
         of the training points `ids`, or `real_labels` (held-out reals). Returns (those
         reals, the pairs)."""
-        y, ids = self.matcher.targets(y, ids)
+        y, ids = self.matcher.targets(y, ids, z)
         if self.conditional and z is not None and (ids is not None or real_labels is not None):
             labels = self.real_labels[ids] if real_labels is None else real_labels
             return y, match_by_class(self.matcher, x, y, self.match_cost, each_real, ids, self.prior.labels_of(z),
@@ -126,7 +126,7 @@ class OTGenerator(L.LightningModule):
         if rank == 0:
             y, match = self.match(x, y, ids, each_real, diagnostics, z)
         else:
-            y, match = self.matcher.targets(y, ids)[0], None
+            y, match = self.matcher.targets(y, ids, z)[0], None
         gen_idx, real_idx, stats = self.trainer.strategy.broadcast(
             None if match is None else (match.gen_idx.cpu(), match.real_idx.cpu(), match.stats), src=0
         )

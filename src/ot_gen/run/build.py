@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, check
 from ot_gen.latent.codes import CodeDataModule
-from ot_gen.run.autoencoder_stage import build_network
+from ot_gen.run.autoencoder_stage import NOT_IDENTITY, build_network
 from ot_gen.memory import check_fits
 from ot_gen.matching import Matcher
 from ot_gen.matching.costs import Cost
@@ -150,7 +150,7 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
     generator = instantiate("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
     mode.check_parts(prior, generator)
     cost, match_cost = _costs(cfg, instantiate)
-    matcher = _matcher(cfg, mode, data, instantiate)
+    matcher = _matcher(cfg, mode, data, instantiate, recursive)
     optimizer = instantiate("optimizer", cfg.optimizer)
     try:
         optimizer(generator.parameters())  # torch checks lr, betas, ... here
@@ -253,11 +253,55 @@ def _check_costs(module: OTGenerator, mode: Mode, shape: tuple[int, ...], data_n
 _SLOW_MATCHING = 1e11  # multiply-adds of one round's cost matrix: about a minute on 2 CPU cores
 
 
-def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, instantiate=instantiate_group) -> Matcher:
+def _matcher(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, instantiate=instantiate_group,
+             recursive: bool = True) -> Matcher:
     """The matcher, after it agreed to the mode and the strategy, given what it asks of
-    the data (constructor arguments `data_shape`, `n_reals`)."""
+    the data (constructor arguments `data_shape`, `n_reals`) and, for training (not for a
+    checkpoint rebuilt to sample), a flow teacher (`teacher`)."""
     target = target_of("matcher", cfg.matcher)
     target.check_run(mode.name, distributed=str(cfg.trainer.get("strategy", "auto")).startswith("ddp"))
-    known = {"data_shape": data.shape, "n_reals": data.n_train}
     params = inspect.signature(target).parameters
+    known = {"data_shape": data.shape, "n_reals": data.n_train}
+    if "teacher" in params and recursive:
+        known["teacher"] = _teacher(cfg, data)
     return instantiate("matcher", cfg.matcher, **{k: v for k, v in known.items() if k in params})
+
+
+def _teacher(cfg: DictConfig, data: run_record.DataInfo) -> torch.nn.Module:
+    """The generator of `matcher.ckpt` (a flow), read as data, when it was trained on this
+    run's data with this run's prior: its endpoints are the student's targets, latent by latent."""
+    path = cfg.matcher.get("ckpt")
+    check(isinstance(path, str) and Path(path).is_file(), "matcher.ckpt", path,
+          "an existing checkpoint of a mode=flow run (its checkpoints/last.ckpt)")
+    teacher, record = module_of_checkpoint(path)
+    ours = OmegaConf.to_container(cfg, resolve=True)
+    for what in ("shape", "decoded_shape", "value_range", "n_train"):
+        was, now = getattr(record.data, what), getattr(data, what)
+        check(was == now, "matcher.ckpt", path, f"a flow of this run's data: it was trained on data of {what} {was}, "
+                                                f"this run's has {what} {now}")
+    for node in ("data", "prior"):
+        theirs, mine = _identity(record.config.get(node) or {}), _identity(ours.get(node) or {})
+        differ = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
+        check(not differ, "matcher.ckpt", path, f"a flow of this run's {node} (the student's latents are the teacher's): "
+              + "; ".join(f"{node}.{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ[:4]))
+    return teacher.generator
+
+
+def _identity(node: dict[str, Any]) -> dict[str, Any]:
+    """A data or prior config less where its files are and how they are read."""
+    return {k: v for k, v in node.items() if k not in NOT_IDENTITY}
+
+
+def module_of_checkpoint(path: str | Path, device: str = "cpu") -> tuple[OTGenerator, run_record.Record]:
+    """(the trained module of a checkpoint in eval mode, its run record): rebuilt from the
+    record (read as data) by `build_module`, each part from its registered class, and
+    loaded whole. What `python -m ot_gen.sample`, the notebook and a flow teacher load."""
+    ckpt = checkpoints.load(path)
+    record = run_record.read(ckpt, path)
+    cfg = OmegaConf.create(record.config)
+    try:
+        module = build_module(cfg, instantiate_group("mode", cfg.mode, recursive=False), record.data, recursive=False)
+    except ConfigError as e:  # a value of the record, not of the user's command line
+        raise checkpoints.CheckpointError(f"checkpoint {path}: its run record's {e}") from None
+    module.load_state_dict(ckpt["state_dict"])
+    return module.to(device).eval(), record

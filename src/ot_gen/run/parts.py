@@ -39,15 +39,16 @@ class Slot:
     kind: str  # "module:qualname" of the base class
     namespaces: tuple[str, ...]
     partial: bool = False
+    excludes: tuple[str, ...] = ()  # kinds of other slots' parts that are of this kind too (a matcher is a Module)
 
 
 SLOTS = (
     Slot("mode", "ot_gen.model.modes:Mode", ("ot_gen.model.modes", "ot_gen.flow")),
     Slot("prior", "ot_gen.model.priors:Prior", ("ot_gen.model.priors",)),
-    Slot("network", "torch.nn:Module", ("ot_gen.model.networks", "ot_gen.flow")),
+    Slot("network", "torch.nn:Module", ("ot_gen.model.networks", "ot_gen.flow"), excludes=("ot_gen.matching.base:Matcher",)),
     Slot("cost", "ot_gen.matching.costs:Cost", ("ot_gen.matching.costs",)),
     Slot("match_cost", "ot_gen.matching.costs:Cost", ("ot_gen.matching.costs",)),
-    Slot("matcher", "ot_gen.matching.base:Matcher", ("ot_gen.matching",)),
+    Slot("matcher", "ot_gen.matching.base:Matcher", ("ot_gen.matching", "ot_gen.flow")),
     Slot("data", "lightning.pytorch:LightningDataModule", ("ot_gen.data",)),
     Slot("optimizer", "torch.optim:Optimizer", ("torch.optim",), partial=True),
     Slot("scheduler", "torch.optim.lr_scheduler:LRScheduler", ("torch.optim.lr_scheduler",), partial=True),
@@ -79,7 +80,11 @@ def slot_of(key: str) -> Slot | None:
 
 
 def kind(slot: Slot) -> type:
-    module, _, name = slot.kind.partition(":")
+    return _class(slot.kind)
+
+
+def _class(spec: str) -> type:
+    module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -90,11 +95,14 @@ def registered(pattern: str) -> dict[str, Any]:
     its defining module's (`ot_gen.data.datamodule.ToyDataModule`)."""
     slot = next(s for s in SLOTS if s.pattern == pattern)
     base = kind(slot)
+    excluded = tuple(_class(spec) for spec in slot.excludes)
     found: dict[str, Any] = {}
     for namespace in slot.namespaces:
         for attr, obj in vars(importlib.import_module(namespace)).items():
             if attr.startswith("_") or not _builds(obj, base) or (obj is base and base.__module__.startswith("ot_gen")):
                 continue  # the project's base classes (Prior, Mode, ...) are no parts
+            if excluded and isinstance(obj, type) and issubclass(obj, excluded):
+                continue
             found[f"{namespace}.{attr}"] = obj
             found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
     return found

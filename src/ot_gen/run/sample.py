@@ -22,27 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ot_gen.errors import ConfigError, OTGenError, check, check_choice, check_positive_int
 from ot_gen.evaluation.pictures import class_grid
 from ot_gen.model.module import OTGenerator
-from ot_gen.run import checkpoints, run_record
-from ot_gen.run.build import build_module
-from ot_gen.run.config_checks import instantiate_group
+from ot_gen.run import run_record
+from ot_gen.run.build import module_of_checkpoint
 
 
 def load_module(ckpt_path: str | Path, device: str = "cpu") -> tuple[OTGenerator, run_record.DataInfo]:
     """(the trained module in eval mode, the description of its data) from a checkpoint."""
-    ckpt = checkpoints.load(ckpt_path)
-    record = run_record.read(ckpt, ckpt_path)
-    cfg = OmegaConf.create(record.config)  # data only (run_record.read), each part rebuilt from its registered class
-    try:
-        module = build_module(cfg, instantiate_group("mode", cfg.mode, recursive=False), record.data, recursive=False)
-    except ConfigError as e:  # a value of the record, not of the user's command line
-        raise checkpoints.CheckpointError(f"checkpoint {ckpt_path}: its run record's {e}") from None
-    module.load_state_dict(ckpt["state_dict"])
-    return module.to(device).eval(), record.data
+    module, record = module_of_checkpoint(ckpt_path, device)
+    return module, record.data
 
 
 def _partial(path: Path) -> Path:
