@@ -58,12 +58,13 @@ def test_class_imbalance_is_zero_for_the_held_out_mix_and_the_missing_share_with
 
     (train, train_labels), (held, held_labels) = images(256), images(200)
     data = SimpleNamespace(train_set=train, train_labels=train_labels, val_set=held, val_labels=held_labels)
+    data.eval_data = data  # images, not codes
     trainer = SimpleNamespace(datamodule=data, sanity_checking=False)
 
     def figures_for(source):
         logged = {}
         module = SimpleNamespace(device=torch.device("cpu"), prior=SimpleNamespace(sample=torch.arange),
-                                 generate=lambda z: source[z % len(source)], log_dict=lambda d, **_: logged.update(d))
+                                 render=lambda z: source[z % len(source)], log_dict=lambda d, **_: logged.update(d))
         callback.on_validation_epoch_end(trainer, module)
         return logged
 

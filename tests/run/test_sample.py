@@ -141,15 +141,15 @@ def test_a_signal_mid_export_is_one_line_and_leaves_no_partial_file(trained_chec
     out = tmp_path / "s.npy"
     assert sample(sample_config(f"ckpt_path={trained_checkpoint}", "n=300", f"out={out}")) == 0
     previous = out.read_bytes()
-    real_sample, calls = OTGenerator.sample, []
+    real_render, calls = OTGenerator.render, []
 
-    def signalled_at_the_second_batch(self, n, labels=None):
-        calls.append(n)
+    def signalled_at_the_second_batch(self, z):
+        calls.append(len(z))
         if len(calls) == 2:
             os.kill(os.getpid(), getattr(signal, signal_name))
-        return real_sample(self, n, labels)
+        return real_render(self, z)
 
-    monkeypatch.setattr(OTGenerator, "sample", signalled_at_the_second_batch)
+    monkeypatch.setattr(OTGenerator, "render", signalled_at_the_second_batch)
     # As at a terminal: a shell starts a background job (CI under nohup ... &) with SIGINT ignored.
     interactive = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
