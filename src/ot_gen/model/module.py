@@ -81,10 +81,14 @@ class OTGenerator(L.LightningModule):
         """The samples of latents `z`, as data (what every figure and picture scores)."""
         return self.decode(self.generate(z))
 
+    def latents(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`n` prior draws; of the classes `labels` (a class-conditional run), else drawn
+        as the training set's classes are."""
+        return self.prior.sample(n) if labels is None else self.prior.sample(n, labels)
+
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """`n` samples as data; of the classes `labels` (a class-conditional run), else
-        drawn as the training set's classes are."""
-        return self.render(self.prior.sample(n) if labels is None else self.prior.sample(n, labels))
+        """`n` samples as data (`latents` through `render`)."""
+        return self.render(self.latents(n, labels))
 
     def latents_for(self, ids: torch.Tensor, per_real: int) -> torch.Tensor:
         """`per_real` latents for each of the reals `ids` (training-set indices): in a

@@ -47,7 +47,7 @@ from ot_gen.latent.networks import ConvAutoencoder
 from ot_gen.matching.costs import Cost
 from ot_gen.run import checkpoints, run_record
 from ot_gen.run.checkpoints import CheckpointError
-from ot_gen.run.config_checks import instantiate_group
+from ot_gen.run.config_checks import differences, instantiate_group
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,16 @@ class AutoencoderStage(Stage):
     # -- the autoencoder of a run ---------------------------------------------------------
     def prepare(self, images, data_cfg: dict[str, Any], ae_cfg: dict[str, Any], run_dir: Path,
                 resumed_run: Path | None = None, accelerator: str = "auto") -> ConvAutoencoder:
-        """The trained autoencoder of the run (eval mode, no gradients), its checkpoint
-        copied to `run_dir/autoencoder/`. `images`: the image data module, set up;
+        """The trained autoencoder of the run (no gradients), its checkpoint copied to
+        `run_dir/autoencoder/`. `images`: the image data module, set up;
         `data_cfg`, `ae_cfg`: the resolved `data` and `autoencoder` configs."""
         identity = data_identity(data_cfg, images)
         training = {k: v for k, v in ae_cfg.items() if k not in NOT_TRAINING}
         key = hashlib.sha256(json.dumps([identity, training], sort_keys=True).encode()).hexdigest()[:16]
-        expect = Expected(identity, training["network"])
         own = run_dir / "autoencoder" / FILE
+        key_named = "autoencoder"  # the config key a mismatch is said of
         if self.ckpt is not None:
-            source, where = self.ckpt, "autoencoder.ckpt"
+            source, where, key_named = self.ckpt, "autoencoder.ckpt", "autoencoder.ckpt"
         elif resumed_run is not None and (resumed_run / "autoencoder" / FILE).is_file():
             source, where = resumed_run / "autoencoder" / FILE, "the resumed run's autoencoder"
         else:
@@ -123,7 +123,7 @@ class AutoencoderStage(Stage):
                 else:
                     log.info("autoencoder: reusing %s (cache key %s)", entry / FILE, key)
             source, where = entry / FILE, "the cached autoencoder"
-        net = load(source, expect, where)
+        net = load(source, identity, training["network"], key_named, where)
         if source.resolve() != own.resolve():
             own.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, own)
@@ -135,17 +135,20 @@ class AutoencoderStage(Stage):
         module.record = record
         partial = entry / "partial"
         resume = partial / "last.ckpt"
-        if resume.is_file():
-            checkpoints.check_callback_files(checkpoints.load(resume), resume)
-            log.info("autoencoder: continuing the stopped training from %s", resume)
         saver = ModelCheckpoint(dirpath=partial, save_top_k=0, save_last=True, every_n_train_steps=self.val_every,
                                 enable_version_counter=False)
+        io = checkpoints.AtomicCheckpointIO()
         trainer = L.Trainer(
             max_steps=self.max_steps, accelerator=accelerator, devices=1, logger=False, enable_model_summary=False,
-            callbacks=[saver, checkpoints.SaveOnInterrupt()], plugins=[checkpoints.AtomicCheckpointIO()],
+            callbacks=[saver, checkpoints.SaveOnInterrupt()], plugins=[io],
             val_check_interval=self.val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             enable_progress_bar=False, default_root_dir=str(entry),
         )
+        if resume.is_file():
+            stopped = checkpoints.load(resume)
+            checkpoints.check_callback_files(stopped, resume)
+            io.hand_over(resume, stopped)  # read once: fit takes it from here
+            log.info("autoencoder: continuing the stopped training from %s", resume)
         gen = torch.Generator().manual_seed(images.seed)
         train = DataLoader(TensorDataset(images.train_set), batch_size=min(self.batch_size, len(images.train_set)),
                            shuffle=True, drop_last=True, generator=gen)
@@ -166,25 +169,25 @@ class AutoencoderStage(Stage):
                  trainer.global_step, time.perf_counter() - start, mse, entry / FILE)
 
 
-class Expected:
-    """What the run needs of an autoencoder: trained on this data, with this network."""
-
-    def __init__(self, identity: dict[str, Any], network: dict[str, Any]):
-        self.identity, self.network = identity, network
+def config_identity(node: dict[str, Any]) -> dict[str, Any]:
+    """A data (or prior) config less where its files are and how they are read: what
+    decides the data a network was trained on."""
+    return {k: v for k, v in node.items() if k not in NOT_IDENTITY}
 
 
 def data_identity(data_cfg: dict[str, Any], images) -> dict[str, Any]:
     """Which images an autoencoder was trained on: the data config less where its files
     are, and the shape and range of the images as loaded."""
-    identity = {k: v for k, v in data_cfg.items() if k not in NOT_IDENTITY}
+    identity = config_identity(data_cfg)
     identity["shape"] = list(images.data_shape)
     identity["value_range"] = [float(v) for v in images.value_range]
     return identity
 
 
-def load(path: Path, expect: Expected | None, where: str = "autoencoder.ckpt") -> ConvAutoencoder:
-    """The autoencoder of a checkpoint, read as data, after its record has been compared
-    with what the run expects (`expect`; None: take it as it is)."""
+def load(path: Path, identity: dict[str, Any], network: dict[str, Any], key: str, where: str) -> ConvAutoencoder:
+    """The autoencoder of a checkpoint, read as data, when its record says it was trained
+    on the data of `identity` with the `network` config; a difference is a ConfigError of
+    `key`, naming it and `where` the autoencoder came from."""
     ckpt = checkpoints.load(path)
     record = ckpt.get(RECORD_KEY)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or \
@@ -192,9 +195,9 @@ def load(path: Path, expect: Expected | None, where: str = "autoencoder.ckpt") -
         raise CheckpointError(f"checkpoint {path} is not an ot_gen autoencoder checkpoint (no autoencoder record)")
     config = run_record.data_only(record["config"], "autoencoder", path)
     data = run_record.data_only(record["data"], "autoencoder_data", path)
-    if expect is not None:
-        _compare(path, where, "data", data, expect.identity)
-        _compare(path, where, "autoencoder.network", config.get("network", {}), expect.network)
+    for what, stored, now in (("data", data, identity), ("autoencoder.network", config.get("network", {}), network)):
+        shown = differences(what, stored, now, skip=("_target_",))
+        check(not shown, key, str(path), f"an autoencoder of this run's {what} ({where} differs: {shown})")
     net = build_network(config.get("network"), data.get("shape"), data.get("value_range"), path)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if isinstance(k, str) and k.startswith("net.")}
     try:
@@ -214,15 +217,6 @@ def build_network(node: Any, shape: Any, value_range: Any, path: Path | str) -> 
         return factory(image_shape=tuple(shape), value_range=tuple(value_range))
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: its autoencoder network cannot be built ({e})") from None
-
-
-def _compare(path: Path, where: str, what: str, stored: dict[str, Any], now: dict[str, Any]) -> None:
-    differ = [k for k in sorted(stored.keys() | now.keys()) if k != "_target_" and stored.get(k) != now.get(k)]
-    if differ:
-        shown = "; ".join(f"{what}.{k}: {stored.get(k, '<unset>')!r} there, {now.get(k, '<unset>')!r} here"
-                          for k in differ[:6])
-        raise ConfigError("autoencoder.ckpt" if where == "autoencoder.ckpt" else "autoencoder", str(path),
-                          f"an autoencoder of this run's {what} ({where} differs: {shown})")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ot_gen.errors import ConfigError, check
 from ot_gen.latent.codes import CodeDataModule
-from ot_gen.run.autoencoder_stage import NOT_IDENTITY, build_network
+from ot_gen.run.autoencoder_stage import build_network, config_identity
 from ot_gen.memory import check_fits
 from ot_gen.matching import Matcher
 from ot_gen.matching.costs import Cost
@@ -29,7 +29,7 @@ from ot_gen.model.priors import ClassConditionalPrior, Prior
 from ot_gen.run import checkpoints, run_record
 from ot_gen.run.config_checks import (
     LIBRARY_GROUPS, check_all_types, check_finite_numbers, check_missing, check_resume_config, check_top_level,
-    instantiate_group, target_of,
+    differences, instantiate_group, target_of,
 )
 from ot_gen.run.preemption import Preemption
 from ot_gen.run.progress import StepProgressBar, ValidationClock
@@ -168,11 +168,11 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
 def _check_resumed_data(resume: Resume, info: run_record.DataInfo) -> None:
     """The data a checkpoint was written for is the data it resumes on: its weights are
     shaped by it, and its matcher's state is indexed by training point."""
-    stored = resume.record.data
-    for what in ("shape", "n_train", "value_range", "decoded_shape"):
-        was, now = getattr(stored, what), getattr(info, what)
-        check(was == now, "ckpt_path", str(resume.path),
-              f"a checkpoint of this data: it was written for data of {what} {was}, this data has {what} {now}")
+    differs = resume.record.data.difference(info)
+    if differs:
+        what, was, now = differs
+        raise ConfigError("ckpt_path", str(resume.path),
+                          f"a checkpoint of this data: it was written for data of {what} {was}, this data has {what} {now}")
 
 
 def _check_network_fits(cfg: DictConfig, instantiate, shape: tuple[int, ...], in_dim: int) -> None:
@@ -274,22 +274,18 @@ def _teacher(cfg: DictConfig, data: run_record.DataInfo) -> torch.nn.Module:
     check(isinstance(path, str) and Path(path).is_file(), "matcher.ckpt", path,
           "an existing checkpoint of a mode=flow run (its checkpoints/last.ckpt)")
     teacher, record = module_of_checkpoint(path)
-    ours = OmegaConf.to_container(cfg, resolve=True)
-    for what in ("shape", "decoded_shape", "value_range", "n_train"):
-        was, now = getattr(record.data, what), getattr(data, what)
-        check(was == now, "matcher.ckpt", path, f"a flow of this run's data: it was trained on data of {what} {was}, "
+    differs = record.data.difference(data)
+    if differs:
+        what, was, now = differs
+        raise ConfigError("matcher.ckpt", path, f"a flow of this run's data: it was trained on data of {what} {was}, "
                                                 f"this run's has {what} {now}")
     for node in ("data", "prior"):
-        theirs, mine = _identity(record.config.get(node) or {}), _identity(ours.get(node) or {})
-        differ = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
-        check(not differ, "matcher.ckpt", path, f"a flow of this run's {node} (the student's latents are the teacher's): "
-              + "; ".join(f"{node}.{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ[:4]))
+        theirs = config_identity(record.config.get(node) or {})
+        mine = config_identity(OmegaConf.to_container(cfg[node], resolve=True) if cfg.get(node) else {})
+        shown = differences(node, theirs, mine)
+        check(not shown, "matcher.ckpt", path, f"a flow of this run's {node} (the student's latents are the teacher's): "
+              + shown)
     return teacher.generator
-
-
-def _identity(node: dict[str, Any]) -> dict[str, Any]:
-    """A data or prior config less where its files are and how they are read."""
-    return {k: v for k, v in node.items() if k not in NOT_IDENTITY}
 
 
 def module_of_checkpoint(path: str | Path, device: str = "cpu") -> tuple[OTGenerator, run_record.Record]:

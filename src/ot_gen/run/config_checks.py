@@ -254,5 +254,14 @@ def check_resume_config(saved: dict[str, Any], now: dict[str, Any], ckpt_path: s
         )
 
 
+def differences(prefix: str, there: dict[str, Any], here: dict[str, Any], skip: tuple[str, ...] = (),
+                most: int = 6) -> str:
+    """The keys of two flat configs whose values differ, as `prefix.key: A there, B here; ...`
+    (at most `most` of them, `skip`ped keys left out); "" when none differs."""
+    differ = [k for k in sorted(there.keys() | here.keys()) if k not in skip and there.get(k) != here.get(k)]
+    return "; ".join(f"{prefix}.{k}: {there.get(k, '<unset>')!r} there, {here.get(k, '<unset>')!r} here"
+                     for k in differ[:most])
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "hydra"}

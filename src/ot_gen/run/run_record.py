@@ -47,6 +47,15 @@ class DataInfo:
         decoded = None if shown is data else tuple(shown.data_shape)
         return cls(tuple(data.data_shape), len(data.train_set), value_range, counts, decoded)
 
+    def difference(self, other: "DataInfo") -> tuple[str, Any, Any] | None:
+        """The first of shape, n_train, value_range, decoded_shape in which two data
+        descriptions differ, with both values; None when they describe the same data
+        (what a checkpoint's weights and matcher state are shaped by)."""
+        for what in ("shape", "n_train", "value_range", "decoded_shape"):
+            if getattr(self, what) != getattr(other, what):
+                return what, getattr(self, what), getattr(other, what)
+        return None
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample as written and shown: the decoded image's, or the point's."""

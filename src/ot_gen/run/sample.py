@@ -80,8 +80,7 @@ def write_samples(ckpt_path, n: int, out, batch: int = 10_000, device: str = "cp
             os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
         for start in range(0, n, batch):
             size = min(batch, n - start)
-            labels = None if label is None else torch.full((size,), label, device=device)
-            x = draw(module.prior.sample(size) if labels is None else module.prior.sample(size, labels))
+            x = draw(module.latents(size, None if label is None else torch.full((size,), label, device=device)))
             if value_range is not None:
                 x = x.clamp(*value_range)
             array[start : start + len(x)] = x.float().cpu().numpy()
