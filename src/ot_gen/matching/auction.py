@@ -157,17 +157,25 @@ def _bid(i, j, raise_by, slot_start, cap, slot_price, slot_owner, person_slot, p
 
 
 @njit(cache=True, nogil=True)
-def _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue):
+def _held(M, assignment, held):
+    """held[i] = M[i, assignment[i]], the cost of every assigned person's object."""
+    for i in range(M.shape[0]):
+        if assignment[i] >= 0:
+            held[i] = M[i, assignment[i]]
+
+
+@njit(cache=True, nogil=True)
+def _restart(held, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue):
     """Start a phase at the new ε: every slot at its object's price, persons still within
-    ε of their best value (best[i], or a lower bound of it) keep their object, the others
-    (returned in `queue`) bid again. Kept persons take their object's LAST slots, so the
-    free ones come first: with all prices equal that order is a valid heap."""
-    m, N = C.shape
+    ε of their best value (best[i], or a lower bound of it) keep their object (of cost
+    held[i]), the others (returned in `queue`) bid again. Kept persons take their object's
+    LAST slots, so the free ones come first: with all prices equal that order is a valid heap."""
+    m, N = len(assignment), len(cap)
     count = 0
     for i in range(m):
         j = assignment[i]
         person_slot[i] = -1
-        if j < 0 or C[i, j] + pmin[j] - best[i] > eps:
+        if j < 0 or held[i] + pmin[j] - best[i] > eps:
             assignment[i] = -1
             queue[count] = i
             count += 1
@@ -370,23 +378,31 @@ def _fine_bids(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, ep
             _rebuild(C, i, pmin, cidx, ccost, ccount, bound, width)
             reads += 1
             best, second, jbest = _list_scan(i, pmin, cidx, ccost, ccount)
-        # Objects off the list are worth at least bound[i]: a lower bound on the second
-        # value still gives a valid bid (it raises less).
-        second = min(second, bound[i])
-        margin = second - best if second < np.inf else 0.0  # >= 0: best <= bound[i] here
-        count = _bid(i, jbest, margin + eps, slot_start, cap, slot_price, slot_owner, person_slot, pmin,
-                     queue, head, count)
+        count = _list_bid(i, best, second, jbest, bound[i], eps, slot_start, cap, slot_price, slot_owner,
+                          person_slot, pmin, queue, head, count)
         bids += 1
     return bids, reads
 
 
 @njit(cache=True, nogil=True)
-def _primal_dual(C, cap, pmin, best, assignment):
-    """(primal cost of the assignment, dual value of the prices pmin with per-person
-    best values `best`)."""
+def _list_bid(i, best, second, jbest, bound, eps, slot_start, cap, slot_price, slot_owner, person_slot, pmin,
+              queue, head, count):
+    """Person i's bid for jbest, the best object of its candidate list (`best` <= `bound`).
+    Objects off the list are worth at least `bound`: a lower bound on the second value
+    still gives a valid bid (it raises less). Returns the new count of waiting persons."""
+    second = min(second, bound)
+    margin = second - best if second < np.inf else 0.0
+    return _bid(i, jbest, margin + eps, slot_start, cap, slot_price, slot_owner, person_slot, pmin,
+                queue, head, count)
+
+
+@njit(cache=True, nogil=True)
+def _primal_dual(held, cap, pmin, best):
+    """(primal cost of the assignment whose persons hold objects of cost `held`, dual value
+    of the prices pmin with per-person best values `best`)."""
     primal, dual = 0.0, 0.0
-    for i in range(C.shape[0]):
-        primal += C[i, assignment[i]]
+    for i in range(len(held)):
+        primal += held[i]
         dual += best[i]
     for j in range(len(cap)):
         dual -= cap[j] * pmin[j]
@@ -445,10 +461,12 @@ def auction_transport(
         price = np.rint(prices / step).astype(np.int64)
         slot_price = np.empty(m, dtype=np.int64)
         best = np.empty(m, dtype=np.int64)
+        held_q = np.zeros(m, dtype=np.int64)
         eps_q = int(eps / step)  # in steps
         while eps_q >= COARSE_MIN_EPS and phases < MAX_PHASES - 1:  # leave the fine stage a phase
             _best_values(Q, price, best)
-            count = _restart(Q, slot_start, cap, slot_price, slot_owner, person_slot, price, best, assignment, eps_q, queue)
+            _held(Q, assignment, held_q)
+            count = _restart(held_q, slot_start, cap, slot_price, slot_owner, person_slot, price, best, assignment, eps_q, queue)
             bids += _coarse_bids(Q, slot_start, cap, slot_price, slot_owner, person_slot, price, eps_q, queue, count)
             _collect(slot_start, cap, slot_owner, assignment)
             phases += 1
@@ -461,6 +479,7 @@ def auction_transport(
     pmin = prices
     slot_price = np.empty(m)
     best = np.empty(m)
+    held = np.zeros(m)
     cidx = np.zeros((m, min(LIST_SIZE, N)), dtype=np.int32)
     ccost = np.zeros((m, min(LIST_SIZE, N)))
     ccount = np.zeros(m, dtype=np.int64)
@@ -471,7 +490,8 @@ def auction_transport(
     primal = dual = np.nan
     certified = False
     while phases < MAX_PHASES:
-        count = _restart(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue)
+        _held(C, assignment, held)
+        count = _restart(held, slot_start, cap, slot_price, slot_owner, person_slot, pmin, best, assignment, eps, queue)
         phase_bids, reads = _fine_bids(C, slot_start, cap, slot_price, slot_owner, person_slot, pmin, eps, queue,
                                        count, cidx, ccost, ccount, bound, width)
         bids += phase_bids
@@ -479,10 +499,11 @@ def auction_transport(
         phases += 1
         _collect(slot_start, cap, slot_owner, assignment)
         _list_best(pmin, cidx, ccost, ccount, bound, best)  # also what the next phase's restart uses
-        primal, dual = _primal_dual(C, cap, pmin, best, assignment)
+        _held(C, assignment, held)
+        primal, dual = _primal_dual(held, cap, pmin, best)
         if primal - dual <= rtol * abs(primal) + rounding:
             _best_values(C, pmin, best)  # the certificate, from the whole matrix
-            primal, dual = _primal_dual(C, cap, pmin, best, assignment)
+            primal, dual = _primal_dual(held, cap, pmin, best)
             certified = primal - dual <= rtol * abs(primal) + rounding
             break
         if eps <= eps_floor:

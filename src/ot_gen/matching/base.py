@@ -80,6 +80,12 @@ class Matcher(nn.Module):
         check(not (distributed and cls.ddp_refusal), "matcher", cls.name,
               f"a matcher that runs under trainer=ddp ({cls.ddp_refusal})")
 
+    def round_bytes(self, m: int, n: int, point_size: int) -> float:
+        """What one solve of m generated points against n reals (of `point_size` numbers
+        each) allocates: the float64 cost matrix, about twice over, unless a matcher says
+        otherwise."""
+        return 16.0 * m * n
+
     def bind(self, train_set: torch.Tensor) -> None:
         """Called once before training with the whole training set (on the CPU)."""
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ot_gen.errors import check, check_choice, check_positive_int
-from ot_gen.matching import Matching
+from ot_gen.matching import Matcher, Matching
 from ot_gen.matching.costs import Cost
 from ot_gen.memory import check_fits
 from ot_gen.model.priors import Prior
@@ -75,15 +75,17 @@ class Mode:
     def generated_per_round(self) -> int:
         raise NotImplementedError
 
-    def check_data(self, n_train: int, data_name: str, point_size: int) -> None:
+    def check_data(self, n_train: int, data_name: str, point_size: int, matcher: Matcher | None = None) -> None:
         """A round cannot take more reals than the training set holds, nor more memory than
-        the machine has: its cost matrix (float64, about twice over in the solvers) and its
-        generated points (float32, and float64 for the cost) of `point_size` numbers each."""
+        the machine has: its matching (`matcher.round_bytes`; a float64 cost matrix about
+        twice over when no matcher is given) and its generated points (float32, and
+        float64 for the cost) of `point_size` numbers each."""
         check(self.reals_per_round <= n_train, f"mode.{self.reals_key}", self.reals_per_round,
               f"at most the {n_train} training points of data={data_name}")
         m, n = self.generated_per_round(), self.reals_per_round
         key = f"mode.{self.generated_key}"
-        check_fits(key, getattr(self, self.generated_key), 16.0 * m * n + 12.0 * m * point_size,
+        matching = 16.0 * m * n if matcher is None else matcher.round_bytes(m, n, point_size)
+        check_fits(key, getattr(self, self.generated_key), matching + 12.0 * m * point_size,
                    f"a round of {m:,} generated points matched to {n:,} reals",
                    f"lower {key} or mode.{self.reals_key}")
 

@@ -87,7 +87,6 @@ def build(cfg: DictConfig) -> Run:
     if cfg.get("autoencoder") is not None:  # a code-space run: the generator's data are the images' codes
         data = _code_space(cfg, data, data_name, mode, resume)
         decoder = data.autoencoder.decoder
-    mode.check_data(len(data.train_set), data_name, data.train_set[0].numel())
     if cfg.eval.n_generated and cfg.eval.n_heldout > len(data.val_set):
         log.warning("eval.n_heldout=%d is more than the %d held-out points of data=%s: the final evaluation "
                     "uses those %d", cfg.eval.n_heldout, len(data.val_set), data_name, len(data.val_set))
@@ -96,6 +95,7 @@ def build(cfg: DictConfig) -> Run:
     if resume is not None:
         _check_resumed_data(resume, info)
     module = build_module(cfg, mode, info, decoder=decoder)
+    mode.check_data(len(data.train_set), data_name, data.train_set[0].numel(), module.matcher)
     _check_costs(module, mode, tuple(data.train_set[0].shape), data_name)
     check_finite_numbers(config)  # what the parts built so far did not check (optimizer.lr=inf)
     callbacks = [run_record.RunRecord(config), ValidationClock(), Preemption(),
