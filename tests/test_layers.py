@@ -18,7 +18,8 @@ LAYERS = {
     "latent": 3.5,          # the code space: the autoencoder, the codes as data, their pictures
     "model": 3,             # module, modes, priors, networks, EMA
     "evaluation": 2,        # metrics, Fréchet, pictures, end-of-run evaluation
-    "matching": 1, "data": 1, "memory": 1,   # memory: what a run will allocate, against the machine
+    "matching": 1.5,        # matchers: the exact one asks memory whether its cost matrix fits
+    "data": 1, "memory": 1,  # memory: what a run will allocate, against the machine
     "errors": 0, "rng": 0, "__init__": 0,
 }
 

@@ -26,6 +26,7 @@ VAL_METRICS = ("val/w2", "val/w2_ratio", "val/energy", "val/sliced_w2")
 RESUME_MAY_CHANGE = (
     "trainer.", "logger", "callbacks", "ema", "paths.", "eval.", "hydra", "ckpt_path", "task_name", "overwrite",
     "autoencoder.ckpt", "autoencoder.cache",
+    "matcher.storage",  # where the exact solve keeps its costs: the same optimum either way
     "optimized_metric", "val_samples", "mode.val_every_rounds", "scheduler.T_max",
     "data.root", "data.cache_dir", "data.download", "data.num_workers", "data.n_val", "data.on_bad_file",
 )
