@@ -12,8 +12,11 @@ Gaussian noise of std 0.2, clipped to [-1, 1] (projected the same way for d = 32
 For each problem, each in a fresh process (its peak resident set is the problem's own):
 - `floor`: seconds of one full evaluation of the cost matrix in blocks of rows, each block
   reduced to its row minima (nothing kept): what every certified solve must at least compute;
-- `blocked`: seconds of the blocked solve (cold: no starting prices), its passes over the
-  matrix (`rows_per_point`), whether it certified, and its peak resident set;
+- `blocked`: seconds of the blocked solve (cold: no starting prices, so the solve finds its
+  own on a sixteenth of the problem), its passes over the matrix (`rows_per_point`, the
+  starting prices' share included), whether it certified, and its peak resident set;
+- `warm` (with `--warm`): a second round as training runs it, new generated points (another
+  seed) against the same reals, started from the first round's prices;
 - `dense` (only where the matrix fits, n = 9000): the matcher's dense path, matrix then auction;
   the relative difference of the two optimal costs and the time ratio blocked / dense.
 Ratios printed last: blocked / floor and blocked / dense.
@@ -48,6 +51,7 @@ def fashion(data_dir: Path) -> torch.Tensor:
 
 
 def problem(data_dir: Path, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(generated, reals); the reals do not depend on the seed."""
     images = fashion(data_dir)
     g = torch.Generator().manual_seed(seed)
     a, b = (images[torch.randint(len(images), (2 * n,), generator=g)] for _ in range(2))
@@ -70,7 +74,7 @@ def floor_seconds(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def run_one(args: tuple) -> dict:
-    data_dir, n, d, with_dense = args
+    data_dir, n, d, with_dense, warm = args
     torch.manual_seed(0)
     x, y = problem(Path(data_dir), n, d)
     cap = np.full(n, 2)
@@ -81,6 +85,13 @@ def run_one(args: tuple) -> dict:
                rows_per_point=result.rows_computed / len(x), read_batches=result.read_batches,
                cost=result.primal, gap=result.gap / abs(result.primal),
                blocked_peak_GB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    if warm:
+        x2, _ = problem(Path(data_dir), n, d, seed=1)
+        start = time.perf_counter()
+        again = blocked_transport(RowCosts(x2, y, SqEuclidean()), cap, init_prices=result.prices)
+        row.update(warm_s=time.perf_counter() - start, warm_certified=again.certified,
+                   warm_rows_per_point=again.rows_computed / len(x2))
+        del x2, again
     if with_dense:
         start = time.perf_counter()
         C = SqEuclidean().pairwise(x.double(), y.double()).numpy()
@@ -90,10 +101,10 @@ def run_one(args: tuple) -> dict:
     return row
 
 
-def measure(data_dir: Path, n: int, d: int, with_dense: bool) -> dict:
+def measure(data_dir: Path, n: int, d: int, with_dense: bool, warm: bool) -> dict:
     # A fresh process per problem: its peak resident set is this problem's alone.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_one, ((str(data_dir), n, d, with_dense),))
+        return pool.apply(run_one, ((str(data_dir), n, d, with_dense, warm),))
 
 
 def main() -> None:
@@ -101,25 +112,30 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--sizes", type=int, nargs="+", default=[9000, 30000, 60000])
     parser.add_argument("--dims", type=int, nargs="+", default=[784, 32])
+    parser.add_argument("--warm", action="store_true", help="also a second round from the first's prices")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     auction_transport(np.random.rand(40, 4), np.full(4, 10))  # numba compiles (or loads its cache) here
     rows = []
     for d in args.dims:
         for n in args.sizes:
-            rows.append(measure(args.data_dir, n, d, with_dense=n <= 9000))
+            rows.append(measure(args.data_dir, n, d, with_dense=n <= 9000, warm=args.warm))
             print(_line(rows[-1]), flush=True)
     print("\nRatios:")
     for r in rows:
         dense = f"  blocked/dense {r['blocked_s'] / r['dense_s']:.2f}× (costs differ by {r['rel_diff']:+.1e})" \
             if "dense_s" in r else ""
-        print(f"  {r['n']:6d} × {r['m']:6d} × {r['d']:3d}: blocked/floor {r['blocked_s'] / r['floor_s']:.2f}×{dense}")
+        warm = f"  warm/floor {r['warm_s'] / r['floor_s']:.2f}×" if "warm_s" in r else ""
+        print(f"  {r['n']:6d} × {r['m']:6d} × {r['d']:3d}: blocked/floor {r['blocked_s'] / r['floor_s']:.2f}×{warm}{dense}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
 
 def _line(r: dict) -> str:
     dense = f" | dense {r['dense_s']:7.1f}s certified {r['dense_certified']}" if "dense_s" in r else ""
+    if "warm_s" in r:
+        dense += (f" | warm {r['warm_s']:7.1f}s certified {r['warm_certified']} "
+                  f"passes {r['warm_rows_per_point']:.2f}")
     return (f"{r['n']:6d} × {r['m']:6d} × {r['d']:3d} | floor {r['floor_s']:7.1f}s | blocked {r['blocked_s']:7.1f}s "
             f"certified {r['certified']} gap {r['gap']:.1e} passes {r['rows_per_point']:.2f} "
             f"({r['read_batches']} read batches) peak {r['blocked_peak_GB']:.2f} GB{dense}")

@@ -4,29 +4,38 @@ At 60,000 reals and 120,000 generated points the dense matrix holds 7.2e9 entrie
 in float64): it cannot exist on a CPU or one GPU. This solve never stores it. Its rows
 are computed from the points when they are needed, a block of rows at a time
 (`RowCosts`: `cost.pairwise` on a block, a GEMM for the squared Euclidean cost, on the
-points' device), and what the auction keeps of each row is the auction's fine-stage
-candidate list: the `list_size` objects of lowest value C[i, j] + p_j and a bound, the
-lowest value left out. Prices only rise during a solve, so an object off a list never
-falls below that bound: while a person's best listed value is at most its bound, its list
-holds its best object, exactly as in the dense solve.
+points' device), and what the auction keeps of each row is a candidate list: the
+`list_size` objects of lowest value C[i, j] + p_j and a bound, the dearest listed value,
+below which no object off the list lay at the read. Prices only rise during a solve, so an
+object off a list is worth at least that bound plus the least rise of any price since the
+read: while a person's best listed value is at most that, its list holds its best object,
+exactly as in the dense solve's fine stage.
 
-What differs from the dense fine stage is when rows are read. A person whose list ran out
-(its best listed value rose above its bound) does not stop the auction: it is set aside,
-the others bid on, and when only set-aside persons are left, their rows are computed
-together in one block (one GEMM, not one pass over the reals per person) and they bid
-again. The first phase's lists come from one pass over every row; later reads are the
-set-aside persons only (`rows_computed` counts them all: 1.0 per person is one pass).
+The stages (`blocked_transport`):
 
-The certificate is the dense solve's: the dual value D = Σ_i min_j (C_ij + p_j) − Σ_j
-cap_j p_j of the final prices is a lower bound on the optimum, the assignment's cost P an
-upper one, and P − D ≤ rtol·|P| certifies. Each person's term uses min(its best listed
-value, its bound), a lower bound of the true minimum, so D is valid without another pass
-over the matrix. When that D does not certify only because some persons' bounds lie below
-their listed best (their true best may be off their lists), exactly those rows are
-computed again, at the current prices: a person whose best object was off its list is
-found there, its list is rebuilt, and the phase repeats if it now violates ε-optimality.
-A solve that cannot certify within `MAX_PHASES` returns `certified=False` with its gap
-(the matcher warns and uses its assignment: no dense fallback exists at this size).
+1. starting prices, when none are given, from the problem on a sixteenth of the objects
+   and persons, solved densely and extended to every object by the c-transform
+   (`coarse_prices`): with them the first pass's lists hold most persons' optimal objects;
+2. the first pass, every row once: each person's list, each object's nearest persons, and
+   one object of a fixed feasible assignment per person (`_Auction.widen`);
+3. ε-scaling on the lists alone (`restricted`), then the lists that went stale refreshed
+   and the restricted solve again, while many go stale;
+4. the exact stage: the dense fine stage on lists with bounds; a person whose list may
+   be stale is set aside and, when only such persons are left, they are refreshed
+   together;
+5. the certificate: the dense dual D = Σ_i min_j (C_ij + p_j) − Σ_j cap_j p_j with each
+   term min(best listed value, bound), a lower bound on the optimum without another
+   pass; the assignment's cost P an upper one, and P − D ≤ rtol·|P| certifies. When it
+   fails only because some bounds lie below their listed best, those lists are refreshed.
+
+A refresh (`_Lists.refresh`) rarely reads a whole row: the least rise of any price is that
+of a few objects, most rose far more, so the columns of the objects that rose least (a
+zone) are computed first; the zone's best objects join the list, and the others' values
+and the zone's edge make a new bound. Only the persons this does not settle have their
+rows read, in one block. `rows_computed` counts every row computed (a zone's columns as the
+share of a row they are): 1.0 per person is one pass. A solve that cannot certify within
+`MAX_PHASES` returns `certified=False` with its gap (the matcher warns and uses its
+assignment: no dense fallback exists at this size).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from ot_gen.matching.auction import (
     MAX_PHASES,
     AuctionResult,
     _collect,
+    auction_transport,
     _list_best,
     _list_bid,
     _list_scan,
@@ -58,12 +68,16 @@ RESTRICTED_STOP = 2.0**-12  # the restricted stage stops at ε of this share of 
 RESTRICTED_ROUNDS = 4  # restricted solves after the first, each after a block of stale rows
 STALE_SHARE = 0.01  # ... while more than this share of the lists went stale
 MAX_SNAPSHOTS = 64  # price vectors kept between rebases (reads of set-aside persons within a phase)
+COARSE_SHARE = 1 / 16  # a cold solve starts from the prices of this share of the problem ...
+COARSE_MIN_OBJECTS = 256  # ... when that share holds at least this many objects
+ZONE_TAKE = 4  # objects of the zone that join a stale list
+ZONE_SHARES = (1 / 16, 1 / 4)  # a stale list is checked against these shares of the objects first (`_Lists.refresh`)
 BLOCK_BYTES = 2**28  # one block of computed rows (float64), 256 MiB: a few of them live at a time
 
 
 @dataclass
 class BlockedResult(AuctionResult):
-    rows_computed: int = 0  # rows of the cost matrix computed, the first pass's m included
+    rows_computed: float = 0.0  # rows of the cost matrix computed (parts as shares), the first pass's m included
     read_batches: int = 0  # blocks of set-aside persons' rows computed after the first pass
 
 
@@ -79,12 +93,11 @@ class RowCosts:
         block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         self.rows_per_block = max(1, int(block_bytes) // (8 * self.shape[1]))
 
-    def block(self, persons: torch.Tensor) -> torch.Tensor:
-        """The whole rows of `persons` (indices on the points' device), float64."""
-        C = self.cost.pairwise(self.x[persons], self.y)
-        if not torch.isfinite(C).all():
-            raise NonFiniteError("matcher exact: the cost matrix contains NaN or Inf")
-        return torch.cat([C, C.new_zeros(len(C), 1)], 1) if self.dummy else C
+    def block(self, persons: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows of `persons` (indices on the points' device), float64: whole, or their
+        entries in the columns of the real `objects` (the dummy's column left out)."""
+        C = self.cost.pairwise(self.x[persons], self.y if objects is None else self.y[objects])
+        return torch.cat([C, C.new_zeros(len(C), 1)], 1) if self.dummy and objects is None else C
 
     def paired(self, persons: np.ndarray, objects: np.ndarray) -> np.ndarray:
         """C[persons[t], objects[t]] for every t (the dummy's entries are 0)."""
@@ -99,6 +112,38 @@ class RowCosts:
                 j = torch.as_tensor(objects[sel], dtype=torch.long, device=device)
                 out[sel] = self.cost.paired(self.x[i], self.y[j]).cpu().numpy()
         return out
+
+    def off_list(self, persons: np.ndarray, objects: np.ndarray, prices: np.ndarray, listed: np.ndarray,
+                 count: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
+        """For every person in `persons`, the `take` least values C[i, j] + prices[j] over
+        the `objects` j not among the first count[i] of its `listed` ones, in rising order,
+        and those objects: (P, take) each, +inf and -1 where fewer are left. Only those
+        columns of its row are computed."""
+        device, real = self.x.device, len(self.y)
+        values, found = np.full((len(persons), take), np.inf), np.full((len(persons), take), -1, dtype=np.int64)
+        if not len(objects):
+            return values, found
+        column = np.full(self.shape[1], -1, dtype=np.int64)
+        column[objects] = np.arange(len(objects))
+        price = torch.as_tensor(prices[objects], dtype=torch.float64, device=device)
+        reals = torch.as_tensor(objects[objects < real], dtype=torch.long, device=device)
+        per_block = max(1, self.rows_per_block * self.shape[1] // len(objects))
+        for start in range(0, len(persons), per_block):
+            stop = min(start + per_block, len(persons))
+            rows = torch.as_tensor(persons[start:stop], dtype=torch.long, device=device)
+            V = self.block(rows, reals)
+            if len(reals) < len(objects):  # the dummy, last object, costs nothing
+                V = torch.cat([V, V.new_zeros(len(V), 1)], 1)
+            V += price
+            at = column[listed[start:stop]]
+            at[np.arange(listed.shape[1]) >= count[start:stop, None]] = -1
+            r, c = np.nonzero(at >= 0)
+            V[torch.as_tensor(r, device=device), torch.as_tensor(at[r, c], device=device)] = torch.inf
+            least, where = torch.topk(V, min(take, V.shape[1]), dim=1, largest=False)
+            values[start:stop, :least.shape[1]] = least.cpu().numpy()
+            found[start:stop, :least.shape[1]] = objects[where.cpu().numpy()]
+        found[~np.isfinite(values)] = -1
+        return values, found
 
     def lists(self, persons: np.ndarray, prices: np.ndarray, size: int, column_size: int = 0) -> dict:
         """For every person in `persons`, the `size` objects of lowest value C[i, j] +
@@ -119,21 +164,65 @@ class RowCosts:
             stop = min(start + self.rows_per_block, P)
             rows = torch.as_tensor(persons[start:stop], dtype=torch.long, device=device)
             C = self.block(rows)
-            out["lo"], out["hi"] = min(out["lo"], C.min().item()), max(out["hi"], C.max().item())
+            lo, hi = C.min().item(), C.max().item()  # NaN when C holds one
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise NonFiniteError("matcher exact: the cost matrix contains NaN or Inf")
+            out["lo"], out["hi"] = min(out["lo"], lo), max(out["hi"], hi)
             # Unsorted: no object off a list is worth less than the dearest on it (the bound).
             values, listed = torch.topk(C + price, size, dim=1, largest=False, sorted=False)
             out["objects"][start:stop] = listed.cpu().numpy()
             out["costs"][start:stop] = C.gather(1, listed).cpu().numpy()
             if size < N:
                 out["bound"][start:stop] = values.amax(1).cpu().numpy()
-            if column_size:
-                both = torch.cat([column[0], C]), torch.cat([column[1], rows[:, None].expand_as(C)])
+            if column_size:  # this block's nearest persons of every object, merged with the earlier ones'
+                near, at = torch.topk(C, min(column_size, len(C)), dim=0, largest=False)
+                both = torch.cat([column[0], near]), torch.cat([column[1], rows[at]])
                 near, at = torch.topk(both[0], min(column_size, len(both[0])), dim=0, largest=False)
                 column = near, both[1].gather(0, at)
             del C, values, listed
         if column_size:
             out["column_costs"], out["column_persons"] = (t.cpu().numpy() for t in column)
         return out
+
+
+def coarse_prices(costs: RowCosts, cap: np.ndarray, share: float = COARSE_SHARE,
+                  seed: int = 0) -> tuple[np.ndarray, int] | None:
+    """Starting prices for a cold solve, and the rows computed for them: the problem on a
+    random `share` of the objects (capacities kept) and as many random persons as they
+    take, solved densely, its prices extended to every object by the c-transform of its
+    persons' values u_i = min_j (C_ij + p_j): p_j = max_i (u_i − C_ij), the least price at
+    which none of them prefers j to its own object. Prices only need to be good guesses
+    (the solve's certificate does not rest on them); these put most persons' optimal object
+    among the first pass's listed ones (at 20,000 × 40,000 × 784: 0.8% of the persons
+    outside their 256 listed objects, against 5.8% at zero prices), so few lists go stale.
+    None when the share is too small to say anything (under `COARSE_MIN_OBJECTS`)."""
+    m, N = costs.shape
+    real = N - int(costs.dummy)
+    if real * share < COARSE_MIN_OBJECTS:
+        return None
+    rng = np.random.default_rng(seed)
+    objects = np.sort(rng.choice(real, int(real * share), replace=False))
+    sub_cap = cap[objects]
+    spare = int(round(cap[-1] * share)) if costs.dummy else 0
+    if spare:
+        sub_cap = np.append(sub_cap, spare)
+    if sub_cap.sum() > m:
+        return None
+    persons = torch.as_tensor(np.sort(rng.choice(m, int(sub_cap.sum()), replace=False)), device=costs.x.device)
+    C = costs.block(persons, torch.as_tensor(objects, device=costs.x.device))
+    if not torch.isfinite(C).all():
+        raise NonFiniteError("matcher exact: the cost matrix contains NaN or Inf")
+    if spare:
+        C = torch.cat([C, C.new_zeros(len(C), 1)], 1)
+    sub = auction_transport(C.cpu().numpy(), sub_cap)
+    value = (C + torch.as_tensor(sub.prices, device=C.device)).amin(1)
+    prices = torch.full((N,), -torch.inf, dtype=torch.float64, device=C.device)
+    del C
+    for start in range(0, len(persons), costs.rows_per_block):
+        rows = slice(start, start + costs.rows_per_block)
+        prices = torch.maximum(prices, (value[rows, None] - costs.block(persons[rows])).amax(0))
+    prices = prices.cpu().numpy()
+    return prices - prices.min(), len(persons)
 
 
 def blocked_bytes(m: int, N: int, point_size: int, list_size: int = LIST_SIZE) -> float:
@@ -205,9 +294,41 @@ def _keep_held(persons, assignment, held, pmin, cidx, ccost, ccount, bound):
             ccost[i, last] = held[i]
 
 
+@njit(cache=True, nogil=True)
+def _take(persons, objects, values, prices, assignment, cidx, ccost, ccount, lowered):
+    """Put object objects[t, q] of value values[t, q] (at `prices`) on the list of
+    persons[t], for every q with one (-1: none): in a free place, or in that of the list's
+    dearest object when it is dearer and not the one the person holds. The least value of
+    an object left off so (the dearest taken off, or the new one when it is no better)
+    goes to lowered[t]."""
+    width = cidx.shape[1]
+    for t in range(len(persons)):
+        i = persons[t]
+        for q in range(objects.shape[1]):
+            j = objects[t, q]
+            if j < 0:
+                continue
+            place = ccount[i]
+            if place < width:
+                ccount[i] += 1
+            else:
+                worst, place = -np.inf, -1
+                for s in range(width):
+                    v = ccost[i, s] + prices[cidx[i, s]]
+                    if v > worst and cidx[i, s] != assignment[i]:
+                        worst, place = v, s
+                if place < 0 or worst <= values[t, q]:
+                    lowered[t] = min(lowered[t], values[t, q])
+                    continue
+                lowered[t] = min(lowered[t], worst)
+            cidx[i, place] = j
+            ccost[i, place] = values[t, q] - prices[j]
+
+
 class _Lists:
-    """Every person's candidate list (up to `width` objects; ccount[i] of them), and the
-    reads that fill it."""
+    """Every person's candidate list (up to `width` objects; ccount[i] of them), the reads
+    that fill it, and its bound: `read_bound` at the prices of the read (a snapshot of
+    them), `bound` that moved on to the current prices (`rebase`)."""
 
     def __init__(self, costs: RowCosts, width: int):
         m, N = costs.shape
@@ -216,8 +337,8 @@ class _Lists:
         self.ccost = np.zeros((m, self.width))
         self.ccount = np.full(m, self.width, dtype=np.int64)
         self.bound = np.full(m, np.inf)
-        self.rows, self.batches = 0, 0
-        # Each bound holds at the prices of its read (a snapshot); rebase() moves it on.
+        self.read_bound = np.full(m, np.inf)
+        self.rows, self.batches = 0.0, 0
         self.snapshots: list[np.ndarray] = []
         self.snapshot_of = np.full(m, -1, dtype=np.int64)
 
@@ -227,27 +348,95 @@ class _Lists:
         size = self.width if size is None else min(size, self.width)
         found = self.costs.lists(persons, prices, size, column_size)
         self.cidx[persons, :size], self.ccost[persons, :size] = found["objects"], found["costs"]
-        self.bound[persons], self.ccount[persons] = found["bound"], size
+        self.ccount[persons] = size
         self.rows += len(persons)
-        if len(self.snapshots) < MAX_SNAPSHOTS:
-            self.snapshot_of[persons] = len(self.snapshots)
-            self.snapshots.append(prices.copy())
-        else:  # their bounds stay as read: valid, if looser than they could be
-            self.snapshot_of[persons] = -1
+        self._set_bounds(persons, found["bound"], prices)
         return found
 
+    def _set_bounds(self, persons: np.ndarray, bounds: np.ndarray, prices: np.ndarray) -> None:
+        """The bounds of `persons`, holding at `prices`."""
+        if not self.snapshots or not np.array_equal(self.snapshots[-1], prices):
+            if len(self.snapshots) < MAX_SNAPSHOTS:
+                self.snapshots.append(prices.copy())
+            else:
+                self._collapse(prices)
+        self.snapshot_of[persons] = len(self.snapshots) - 1
+        self.read_bound[persons] = self.bound[persons] = bounds
+
+    def _collapse(self, prices: np.ndarray) -> None:
+        """Every bound moves on to `prices`, the one snapshot left (when `MAX_SNAPSHOTS` are
+        kept)."""
+        self.rebase(prices)
+        self.read_bound[:] = self.bound
+        self.snapshots, self.snapshot_of[:] = [prices.copy()], 0
+
     def rebase(self, prices: np.ndarray) -> None:
-        """Raise every bound by the least rise of any object's price since its read: an
-        object off a list is worth at least its bound then plus that rise now. Every bid
-        raises some price, and a phase's first bids raise every object's by at least its
-        ε, so without this the bounds of the first pass would soon say that every list is
-        stale when most are not."""
+        """Each bound is its read bound plus the least rise of any object's price since its
+        read: an object off a list is worth at least the bound then plus that rise now.
+        Every bid raises some price, and a phase's first bids raise every object's by at
+        least its ε, so without this the bounds of the first pass would soon say that every
+        list is stale when most are not."""
         for s, snapshot in enumerate(self.snapshots):
-            rise = (prices - snapshot).min()
-            if rise > 0:
-                self.bound[self.snapshot_of == s] += rise
-        self.snapshots = [prices.copy()]
-        self.snapshot_of[:] = 0
+            of = self.snapshot_of == s
+            self.bound[of] = self.read_bound[of] + max((prices - snapshot).min(), 0.0)
+
+    def stale(self, prices: np.ndarray) -> np.ndarray:
+        """The persons whose best listed value lies above their bound: their best object
+        may be off their list."""
+        self.rebase(prices)
+        listed = np.empty(len(self.bound))
+        _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
+        return np.flatnonzero(self.bound < listed)
+
+    def refresh(self, persons: np.ndarray, prices: np.ndarray, assignment: np.ndarray) -> np.ndarray:
+        """Make the lists of the stale `persons` hold their best object again, for a small
+        part of a row each where that is enough; returns those whose rows were read.
+
+        The least rise since a read is usually that of a few objects: most objects' prices
+        rose far more. So before a row is read, only its columns of the share of objects
+        whose prices rose least (the zone: `ZONE_SHARES`, a larger one for the persons the
+        first does not settle) are computed: an object off the list outside the zone rose
+        by at least the zone's edge τ, so is worth at least read bound + τ now, and those
+        in the zone are known: the `ZONE_TAKE` best of them join the list (in place of its
+        dearest objects, never the one the person holds, whose values then bound the list
+        too). When the best listed value is not above the least of what is left off, the
+        list holds the best object and that least is its new bound; the rows of the
+        persons no zone settles are read whole, in one block."""
+        if len(self.snapshots) >= MAX_SNAPSHOTS:  # room for the snapshot of now, so no group's index moves
+            self._collapse(prices)
+        listed = np.empty(len(self.bound))
+        _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
+        must = [persons[self.snapshot_of[persons] < 0]]
+        for s in np.unique(self.snapshot_of[persons]):
+            if s < 0:
+                continue
+            group = persons[self.snapshot_of[persons] == s]
+            rise = prices - self.snapshots[s]
+            lowered = np.full(len(group), np.inf)  # the least value of an object taken off a list here
+            for share in ZONE_SHARES:
+                if not len(group):
+                    break
+                edge = int(len(rise) * share)
+                tau = np.partition(rise, edge)[edge]
+                zone = np.flatnonzero(rise <= tau)
+                if len(zone) > 2 * edge:  # ties at the edge: the zone stops below it
+                    zone = np.flatnonzero(rise < tau)
+                values, objects = self.costs.off_list(group, zone, prices, self.cidx[group], self.ccount[group],
+                                                      ZONE_TAKE + 1)
+                self.rows += len(group) * len(zone) / len(rise)
+                _take(group, objects[:, :ZONE_TAKE], values[:, :ZONE_TAKE], prices, assignment, self.cidx,
+                      self.ccost, self.ccount, lowered)
+                bound = np.minimum(np.minimum(self.read_bound[group] + max(tau, 0.0), values[:, ZONE_TAKE]), lowered)
+                _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
+                holds = listed[group] <= bound
+                self._set_bounds(group[holds], bound[holds], prices)
+                group, lowered = group[~holds], lowered[~holds]
+            must.append(group)
+        must = np.concatenate(must)
+        if len(must):
+            self.read(must, prices)
+            self.batches += 1
+        return must
 
     def append(self, persons: np.ndarray, objects: np.ndarray, costs: np.ndarray) -> None:
         """Add object objects[t] of cost costs[t] to the list of persons[t], for every t,
@@ -273,11 +462,16 @@ def blocked_transport(costs: RowCosts, cap: np.ndarray, init_prices: np.ndarray 
     cap = np.ascontiguousarray(cap, dtype=np.int64)
     if cap.shape != (N,) or (cap < 1).any() or cap.sum() != m:
         raise ValueError(f"capacities must be {N} positive integers summing to {m}")
+    coarse = coarse_prices(costs, cap) if init_prices is None else None
+    if coarse is not None:
+        init_prices, coarse_rows = coarse
     prices = np.zeros(N) if init_prices is None else np.array(init_prices, dtype=np.float64)
     if prices.shape != (N,) or not np.isfinite(prices).all():
         raise ValueError(f"init_prices must be {N} finite numbers")
     pmin = prices - prices.min()
     auction = _Auction(costs, cap, pmin, list_size, rtol)
+    if coarse is not None:
+        auction.lists.rows += coarse_rows
     spread = auction.hi - auction.lo
     if eps_start is None:
         eps_start = spread / (4.0 if init_prices is None else 64.0)
@@ -345,8 +539,8 @@ class _Auction:
             self.bids += bids
             if not waiting:
                 break
-            lists.read(self.deferred[:waiting].copy(), self.pmin)  # set-aside persons, one block of rows
-            lists.batches += 1
+            lists.refresh(self.deferred[:waiting].copy(), self.pmin, self.assignment)  # set-aside persons, together
+            lists.rebase(self.pmin)
             self.queue[:waiting] = self.deferred[:waiting]
             count = waiting
         _collect(self.slot_start, self.cap, self.slot_owner, self.assignment)
@@ -386,16 +580,12 @@ class _Auction:
         """Read, in one block, the rows of the persons whose lists may no longer hold their
         best object (its best listed value above its bound): one block of many rows costs
         less than many of few. Returns how many were read."""
-        self.lists.rebase(self.pmin)
-        listed = np.empty_like(self.best)
-        _list_best(self.pmin, self.lists.cidx, self.lists.ccost, self.lists.ccount,
-                   np.full_like(self.lists.bound, np.inf), listed)
-        stale = np.flatnonzero(self.lists.bound < listed)
+        stale = self.lists.stale(self.pmin)
         if len(stale):
             _held_costs(self.assignment, self.lists.cidx, self.lists.ccost, self.lists.ccount, self.held)
-            self.lists.read(stale, self.pmin)
-            self.lists.batches += 1
-            _keep_held(stale, self.assignment, self.held, self.pmin, *self.arrays)
+            _keep_held(self.lists.refresh(stale, self.pmin, self.assignment), self.assignment, self.held, self.pmin,
+                       *self.arrays[:3], self.lists.read_bound)
+            self.lists.rebase(self.pmin)
         return len(stale)
 
     def exact(self, eps: float) -> None:
@@ -445,9 +635,8 @@ def _certify(lists: _Lists, assignment, held, best, cap, pmin, rtol, rounding) -
     stale = np.flatnonzero(lists.bound < listed)
     if not len(stale) or primal - (dual + (listed - best)[stale].sum()) > tolerance:
         return primal, dual, False
-    lists.read(stale, pmin)
-    lists.batches += 1
-    _keep_held(stale, assignment, held, pmin, *arrays)
+    _keep_held(lists.refresh(stale, pmin, assignment), assignment, held, pmin, *arrays[:3], lists.read_bound)
+    lists.rebase(pmin)
     _list_best(pmin, *arrays, best)
     primal, dual = _primal_dual(held, cap, pmin, best)
     return primal, dual, primal - dual <= tolerance
