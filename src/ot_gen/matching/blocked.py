@@ -88,7 +88,9 @@ class RowCosts:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, cost: Cost, dummy: bool = False,
                  block_bytes: int | None = None):
-        self.x, self.y, self.cost, self.dummy = x.double(), y.double(), cost, dummy
+        # The generated points stay as given (a block of them goes to float64 when computed):
+        # a float64 copy of 120,000 images would be 0.75 GB more.
+        self.x, self.y, self.cost, self.dummy = x, y.double(), cost, dummy
         self.shape = (len(x), len(y) + int(dummy))
         block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         self.rows_per_block = max(1, int(block_bytes) // (8 * self.shape[1]))
@@ -96,7 +98,7 @@ class RowCosts:
     def block(self, persons: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
         """The rows of `persons` (indices on the points' device), float64: whole, or their
         entries in the columns of the real `objects` (the dummy's column left out)."""
-        C = self.cost.pairwise(self.x[persons], self.y if objects is None else self.y[objects])
+        C = self.cost.pairwise(self.x[persons].double(), self.y if objects is None else self.y[objects])
         return torch.cat([C, C.new_zeros(len(C), 1)], 1) if self.dummy and objects is None else C
 
     def paired(self, persons: np.ndarray, objects: np.ndarray) -> np.ndarray:
@@ -110,7 +112,7 @@ class RowCosts:
             if len(sel):
                 i = torch.as_tensor(persons[sel], dtype=torch.long, device=device)
                 j = torch.as_tensor(objects[sel], dtype=torch.long, device=device)
-                out[sel] = self.cost.paired(self.x[i], self.y[j]).cpu().numpy()
+                out[sel] = self.cost.paired(self.x[i].double(), self.y[j]).cpu().numpy()
         return out
 
     def off_list(self, persons: np.ndarray, objects: np.ndarray, prices: np.ndarray, listed: np.ndarray,
@@ -226,12 +228,12 @@ def coarse_prices(costs: RowCosts, cap: np.ndarray, share: float = COARSE_SHARE,
 
 
 def blocked_bytes(m: int, N: int, point_size: int, list_size: int = LIST_SIZE) -> float:
-    """What a blocked solve allocates: the points in float64, every person's candidate list
+    """What a blocked solve allocates: the reals in float64, every person's candidate list
     (object and cost), the auction's per-person and per-object arrays, and about three
     blocks of rows (costs, values, the top-k's work) at a time."""
     width = min(list_size + 1 + COLUMN_ROOM, N)
     block = min(BLOCK_BYTES, 8.0 * m * N)
-    return 8.0 * (m + N) * point_size + 12.0 * m * width + 80.0 * m + 24.0 * N + 3.0 * block
+    return 8.0 * N * point_size + 12.0 * m * width + 80.0 * m + 24.0 * N + 3.0 * block
 
 
 # ---- the auction on lists whose rows are read in batches ------------------------------
@@ -380,13 +382,17 @@ class _Lists:
             of = self.snapshot_of == s
             self.bound[of] = self.read_bound[of] + max((prices - snapshot).min(), 0.0)
 
+    def listed_best(self, prices: np.ndarray) -> np.ndarray:
+        """Every person's best listed value at `prices` (bounds left aside)."""
+        listed = np.empty(len(self.bound))
+        _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
+        return listed
+
     def stale(self, prices: np.ndarray) -> np.ndarray:
         """The persons whose best listed value lies above their bound: their best object
         may be off their list."""
         self.rebase(prices)
-        listed = np.empty(len(self.bound))
-        _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
-        return np.flatnonzero(self.bound < listed)
+        return np.flatnonzero(self.bound < self.listed_best(prices))
 
     def refresh(self, persons: np.ndarray, prices: np.ndarray, assignment: np.ndarray) -> np.ndarray:
         """Make the lists of the stale `persons` hold their best object again, for a small
@@ -404,8 +410,6 @@ class _Lists:
         persons no zone settles are read whole, in one block."""
         if len(self.snapshots) >= MAX_SNAPSHOTS:  # room for the snapshot of now, so no group's index moves
             self._collapse(prices)
-        listed = np.empty(len(self.bound))
-        _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
         must = [persons[self.snapshot_of[persons] < 0]]
         for s in np.unique(self.snapshot_of[persons]):
             if s < 0:
@@ -427,8 +431,7 @@ class _Lists:
                 _take(group, objects[:, :ZONE_TAKE], values[:, :ZONE_TAKE], prices, assignment, self.cidx,
                       self.ccost, self.ccount, lowered)
                 bound = np.minimum(np.minimum(self.read_bound[group] + max(tau, 0.0), values[:, ZONE_TAKE]), lowered)
-                _list_best(prices, self.cidx, self.ccost, self.ccount, np.full_like(self.bound, np.inf), listed)
-                holds = listed[group] <= bound
+                holds = self.listed_best(prices)[group] <= bound
                 self._set_bounds(group[holds], bound[holds], prices)
                 group, lowered = group[~holds], lowered[~holds]
             must.append(group)
@@ -577,16 +580,20 @@ class _Auction:
         return max(eps / EPS_FACTOR, self.eps_floor)
 
     def refresh_stale(self) -> int:
-        """Read, in one block, the rows of the persons whose lists may no longer hold their
-        best object (its best listed value above its bound): one block of many rows costs
-        less than many of few. Returns how many were read."""
+        """Refresh, together, the lists that may no longer hold their person's best object
+        (its best listed value above its bound): one block of many rows costs less than
+        many of few. Returns how many were stale."""
         stale = self.lists.stale(self.pmin)
         if len(stale):
-            _held_costs(self.assignment, self.lists.cidx, self.lists.ccost, self.lists.ccount, self.held)
-            _keep_held(self.lists.refresh(stale, self.pmin, self.assignment), self.assignment, self.held, self.pmin,
-                       *self.arrays[:3], self.lists.read_bound)
-            self.lists.rebase(self.pmin)
+            _held_costs(self.assignment, *self.arrays[:3], self.held)
+            self._refresh(stale)
         return len(stale)
+
+    def _refresh(self, persons: np.ndarray) -> None:
+        """`_Lists.refresh` of `persons`, each keeping the object it holds (`held` current)."""
+        read = self.lists.refresh(persons, self.pmin, self.assignment)
+        _keep_held(read, self.assignment, self.held, self.pmin, *self.arrays[:3], self.lists.read_bound)
+        self.lists.rebase(self.pmin)
 
     def exact(self, eps: float) -> None:
         """Stage two: the whole problem, on lists with bounds (rows read when a list runs
@@ -594,49 +601,39 @@ class _Auction:
         while self.phases < MAX_PHASES:
             self._bid(eps, bounded=True)
             self.phases += 1
-            self.primal, self.dual, self.certified = _certify(self.lists, self.assignment, self.held, self.best,
-                                                              self.cap, self.pmin, self.rtol, self.rounding)
-            if self.certified or eps <= self.eps_floor and not self._violated(eps):
+            self.certify()
+            if self.certified or eps <= self.eps_floor and not (self._slack() > eps).any():
                 break
             eps = max(eps / EPS_FACTOR, self.eps_floor)
 
-    def _violated(self, eps: float) -> bool:
-        """Whether some person is more than ε above its best value (or the bound of it):
-        the phase has more work. Leaves `held` and `best` current."""
+    def certify(self) -> None:
+        """`primal`, `dual` and `certified` of the assignment at the current prices, `best`
+        left as the next phase's restart needs it. The dual takes each person's min(best
+        listed value, bound); when it would certify if the persons whose bound lies below
+        their listed best were tight, their lists are refreshed (a person whose best object
+        was off its list is found so) and the gap is taken again."""
+        self.lists.rebase(self.pmin)
+        _held_costs(self.assignment, *self.arrays[:3], self.held)
+        _list_best(self.pmin, *self.arrays, self.best)
+        primal, dual = _primal_dual(self.held, self.cap, self.pmin, self.best)
+        tolerance = self.rtol * abs(primal) + self.rounding
+        listed = self.lists.listed_best(self.pmin)
+        stale = np.flatnonzero(self.lists.bound < listed)
+        if primal - dual > tolerance and len(stale) and primal - (dual + (listed - self.best)[stale].sum()) <= tolerance:
+            self._refresh(stale)
+            _list_best(self.pmin, *self.arrays, self.best)
+            primal, dual = _primal_dual(self.held, self.cap, self.pmin, self.best)
+        self.primal, self.dual, self.certified = primal, dual, primal - dual <= tolerance
+
+    def _slack(self) -> np.ndarray:
+        """How far above its best value (or the bound of it) each person's object is.
+        Leaves `held` and `best` current."""
+        self.lists.rebase(self.pmin)
         _list_best(self.pmin, *self.arrays, self.best)
         _held_costs(self.assignment, *self.arrays[:3], self.held)
-        return bool((self.held + self.pmin[self.assignment] - self.best > eps).any())
+        return self.held + self.pmin[self.assignment] - self.best
 
     def violation(self, share: float) -> float:
         """How far above its best value (or the bound of it) a person is, at the (1 −
         share) quantile of all persons."""
-        self.lists.rebase(self.pmin)
-        _list_best(self.pmin, *self.arrays, self.best)
-        _held_costs(self.assignment, *self.arrays[:3], self.held)
-        return float(np.quantile(self.held + self.pmin[self.assignment] - self.best, 1.0 - share))
-
-
-def _certify(lists: _Lists, assignment, held, best, cap, pmin, rtol, rounding) -> tuple[float, float, bool]:
-    """(primal, dual, certified) of the assignment at the prices `pmin`, `best` left as the
-    next phase's restart needs it. The dual takes each person's min(best listed value,
-    bound); when it would certify if the persons whose bound lies below their listed best
-    were tight, their rows are computed again (a person whose best object was off its list
-    is found so) and the gap is taken again."""
-    arrays = (lists.cidx, lists.ccost, lists.ccount, lists.bound)
-    lists.rebase(pmin)
-    _held_costs(assignment, lists.cidx, lists.ccost, lists.ccount, held)
-    _list_best(pmin, *arrays, best)
-    primal, dual = _primal_dual(held, cap, pmin, best)
-    tolerance = rtol * abs(primal) + rounding
-    if primal - dual <= tolerance:
-        return primal, dual, True
-    listed = best.copy()
-    _list_best(pmin, lists.cidx, lists.ccost, lists.ccount, np.full_like(lists.bound, np.inf), listed)
-    stale = np.flatnonzero(lists.bound < listed)
-    if not len(stale) or primal - (dual + (listed - best)[stale].sum()) > tolerance:
-        return primal, dual, False
-    _keep_held(lists.refresh(stale, pmin, assignment), assignment, held, pmin, *arrays[:3], lists.read_bound)
-    lists.rebase(pmin)
-    _list_best(pmin, *arrays, best)
-    primal, dual = _primal_dual(held, cap, pmin, best)
-    return primal, dual, primal - dual <= tolerance
+        return float(np.quantile(self._slack(), 1.0 - share))
