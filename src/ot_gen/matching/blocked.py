@@ -95,11 +95,13 @@ class RowCosts:
         block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         self.rows_per_block = max(1, int(block_bytes) // (8 * self.shape[1]))
 
-    def block(self, persons: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
+    def block(self, persons: torch.Tensor, objects: torch.Tensor | None = None, dummy: bool | None = None) -> torch.Tensor:
         """The rows of `persons` (indices on the points' device), float64: whole, or their
-        entries in the columns of the real `objects` (the dummy's column left out)."""
+        entries in the columns of the real `objects`; the dummy's zero column last when
+        `dummy` (by default: whole rows of a problem with a dummy)."""
         C = self.cost.pairwise(self.x[persons].double(), self.y if objects is None else self.y[objects])
-        return torch.cat([C, C.new_zeros(len(C), 1)], 1) if self.dummy and objects is None else C
+        dummy = self.dummy and objects is None if dummy is None else dummy
+        return torch.cat([C, C.new_zeros(len(C), 1)], 1) if dummy else C
 
     def paired(self, persons: np.ndarray, objects: np.ndarray) -> np.ndarray:
         """C[persons[t], objects[t]] for every t (the dummy's entries are 0)."""
@@ -133,9 +135,7 @@ class RowCosts:
         for start in range(0, len(persons), per_block):
             stop = min(start + per_block, len(persons))
             rows = torch.as_tensor(persons[start:stop], dtype=torch.long, device=device)
-            V = self.block(rows, reals)
-            if len(reals) < len(objects):  # the dummy, last object, costs nothing
-                V = torch.cat([V, V.new_zeros(len(V), 1)], 1)
+            V = self.block(rows, reals, dummy=len(reals) < len(objects))  # the dummy: the last object
             V += price
             at = column[listed[start:stop]]
             at[np.arange(listed.shape[1]) >= count[start:stop, None]] = -1
@@ -211,11 +211,9 @@ def coarse_prices(costs: RowCosts, cap: np.ndarray, share: float = COARSE_SHARE,
     if sub_cap.sum() > m:
         return None
     persons = torch.as_tensor(np.sort(rng.choice(m, int(sub_cap.sum()), replace=False)), device=costs.x.device)
-    C = costs.block(persons, torch.as_tensor(objects, device=costs.x.device))
+    C = costs.block(persons, torch.as_tensor(objects, device=costs.x.device), dummy=spare > 0)
     if not torch.isfinite(C).all():
         raise NonFiniteError("matcher exact: the cost matrix contains NaN or Inf")
-    if spare:
-        C = torch.cat([C, C.new_zeros(len(C), 1)], 1)
     sub = auction_transport(C.cpu().numpy(), sub_cap)
     value = (C + torch.as_tensor(sub.prices, device=C.device)).amin(1)
     prices = torch.full((N,), -torch.inf, dtype=torch.float64, device=C.device)
@@ -410,10 +408,8 @@ class _Lists:
         persons no zone settles are read whole, in one block."""
         if len(self.snapshots) >= MAX_SNAPSHOTS:  # room for the snapshot of now, so no group's index moves
             self._collapse(prices)
-        must = [persons[self.snapshot_of[persons] < 0]]
+        must = []  # every person has a snapshot: the first pass read them all
         for s in np.unique(self.snapshot_of[persons]):
-            if s < 0:
-                continue
             group = persons[self.snapshot_of[persons] == s]
             rise = prices - self.snapshots[s]
             lowered = np.full(len(group), np.inf)  # the least value of an object taken off a list here
