@@ -20,6 +20,11 @@ GROUPS = ["prior", "network", "matcher", "cost", "mode", "data", "trainer", "log
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
 
 
+# checkpoints only (callbacks=none has none to save)
+NO_PICTURES = ["callbacks.frechet_classifier=null", "callbacks.memorization=null", "callbacks.latent_traversals=null",
+               "callbacks.code_space=null", "callbacks.image_grids=null", "callbacks.summary_figure=null"]
+
+
 def options():
     for group in GROUPS:
         for path in sorted((CONF / group).glob("*.yaml")):
@@ -28,14 +33,24 @@ def options():
 
 def needs(group: str, option: str, tmp_path) -> list[str]:
     """What an option needs beside it to build here: data files, or image data for a conv net."""
-    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_", "latent_", "flow_latent_")):
+    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_", "latent_", "flow_", "distill_")) \
+            and option not in ("flow_8gaussians", "flow_moons"):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
         # the whole-set experiments' pools follow data.n_train; a code-space one's autoencoder at a few steps
-        latent = ["autoencoder.max_steps=5", f"autoencoder.cache_dir={tmp_path}/ae", "mode.pool_size=1000"] \
-            if "latent_" in option else []
-        return [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
-                "data.n_train=1000", "val_samples=100", *latent]
+        latent = ["autoencoder.max_steps=5", f"autoencoder.cache_dir={tmp_path}/ae"] if "latent_" in option else []
+        if "fashion" in option:  # rounds of 10,000 of the 60,000, cut to the 1000 here
+            latent.append("mode.pool_size=1000")
+        files = [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
+                 "data.n_train=1000", "val_samples=100", *latent]
+        if option.startswith("distill_"):  # its teacher: the flow experiment it distils, on the same codes
+            from ot_gen.run.train import run
+
+            teacher = option.replace("distill_", "flow_")
+            run(make_config(f"experiment={teacher}", *files, "trainer.max_steps=2", "eval.n_generated=0",
+                            "network.width=16", *NO_PICTURES, out_dir=tmp_path / "teacher", fast=False))
+            files.append(f"matcher.ckpt={tmp_path / 'teacher' / 'checkpoints' / 'last.ckpt'}")
+        return files
     if option == "cifar10":
         write_cifar(tmp_path / "c10")
         return [f"data.root={tmp_path}/c10", "val_samples=10", "data.n_train=null", "mode.batch_size=8"]
@@ -59,6 +74,8 @@ def needs(group: str, option: str, tmp_path) -> list[str]:
                 f"autoencoder.cache_dir={tmp_path}"]
     if (group, option) in (("network", "flow_mlp"), ("mode", "flow")):  # each needs the other
         return ["mode=flow", "network=flow_mlp"]
+    if option == "flow_unet":  # a velocity for images, in the images' space
+        return ["mode=flow", "data=clock", "prior.dim=784", "network.channels=[8,16,16]"]
     if option == "deconv32":
         return ["data=clock", "data.image_size=32"]
     return []

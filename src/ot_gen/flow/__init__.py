@@ -4,6 +4,7 @@ one-step generator distilled from such a flow (`FlowTeacher`)."""
 
 from ot_gen.flow.mode import Flow
 from ot_gen.flow.teacher import FlowTeacher
+from ot_gen.flow.unet import UNetFlowGenerator
 from ot_gen.flow.velocity import FlowGenerator
 
-__all__ = ["Flow", "FlowGenerator", "FlowTeacher"]
+__all__ = ["Flow", "FlowGenerator", "FlowTeacher", "UNetFlowGenerator"]
