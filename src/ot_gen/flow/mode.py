@@ -53,19 +53,23 @@ class Flow(Mode):
 
     def check_parts(self, prior: Prior, generator: nn.Module) -> None:
         check(getattr(generator, "is_flow", False), "network", type(generator).__name__,
-              "a velocity network with a time input under mode=flow (network=flow_mlp)")
-        check(not isinstance(prior, ClassConditionalPrior), "conditional", True,
-              "false under mode=flow (its velocity network takes no class input yet)")
+              "a velocity network with a time input under mode=flow (network=flow_mlp; flow_unet for images)")
+        classes = prior.n_classes if isinstance(prior, ClassConditionalPrior) else 0
+        check(generator.n_classes == classes, "conditional", classes > 0,
+              f"a flow built for it: this one's velocity takes {generator.n_classes} classes, the prior "
+              f"{classes} (run.build gives a conditional run's flow its classes)")
         check(not prior.adaptive, "prior", type(prior).__name__,
               "a fixed prior under mode=flow (an adaptive mixture re-estimates itself from a one-step "
               "generator's outputs; set the prior's adapt_* keys off)")
 
     def round(self, module, y, ids, figures_due):
+        flow = module.generator
         z = module.latents_for(ids, self.k)
-        x0 = z.view(len(z), *y.shape[1:])  # the prior lives in the data's space
+        x0, _ = flow.split(z)  # the prior lives in the data's space (a conditional one's class after it)
         z, x0, y, match = module.match_across_ranks(z, x0, y, ids, each_real=self.k, diagnostics=figures_due)
         start, end = x0[match.gen_idx], y[match.real_idx]
-        velocity = module.generator.velocity
+        _, classes = flow.split(z[match.gen_idx])
+        velocity = flow.velocity
 
         def path_loss(idx: torch.Tensor) -> torch.Tensor:
             a, b = start[idx], end[idx]
@@ -73,7 +77,7 @@ class Flow(Mode):
             x_t = torch.lerp(a, b, t.view(-1, *[1] * (a.dim() - 1)))
             if self.sigma:
                 x_t = x_t + self.sigma * torch.randn_like(x_t)
-            return module.cost.paired(velocity(x_t, t), b - a).mean()
+            return module.cost.paired(velocity(x_t, t, None if classes is None else classes[idx]), b - a).mean()
 
         loss = regress_in_passes(module, len(start), self.fit_epochs, self.fit_batch_size, start.device, path_loss)
         return {**match.stats, "loss": loss, "reals_in_solve": len(y), "nfe": module.generator.nfe}

@@ -146,8 +146,11 @@ def build_module(cfg: DictConfig, mode: Mode, data: run_record.DataInfo, recursi
     check(in_dim == prior.dim, "network.in_dim", in_dim, f"the prior's dimension (prior.dim={prior.dim})")
     if cfg.get("conditional", False):
         prior = _class_conditional(cfg, prior, data)
-    _check_network_fits(cfg, instantiate, data.shape, prior.dim)
-    generator = instantiate("network", cfg.network, out_shape=data.shape, in_dim=prior.dim)
+    classes = {}
+    if isinstance(prior, ClassConditionalPrior) and getattr(target_of("network", cfg.network), "is_flow", False):
+        classes = {"n_classes": prior.n_classes}  # a flow's class is an input of its velocity, not a start
+    _check_network_fits(cfg, instantiate, data.shape, prior.dim, **classes)
+    generator = instantiate("network", cfg.network, out_shape=data.shape, in_dim=prior.dim, **classes)
     mode.check_parts(prior, generator)
     cost, match_cost = _costs(cfg, instantiate)
     matcher = _matcher(cfg, mode, data, instantiate, recursive)
@@ -175,13 +178,13 @@ def _check_resumed_data(resume: Resume, info: run_record.DataInfo) -> None:
                           f"a checkpoint of this data: it was written for data of {what} {was}, this data has {what} {now}")
 
 
-def _check_network_fits(cfg: DictConfig, instantiate, shape: tuple[int, ...], in_dim: int) -> None:
+def _check_network_fits(cfg: DictConfig, instantiate, shape: tuple[int, ...], in_dim: int, **more) -> None:
     """The generator built first on the meta device (no memory), its parameters counted:
     weights, gradients, Adam's two moments and the EMA copy must fit, before anything
     is allocated (`network.width=100000` is 40 GB a layer: a kernel kill when it was
     initialised; a checkpoint's record may say anything)."""
     with torch.device("meta"):
-        probe = instantiate("network", cfg.network, out_shape=shape, in_dim=in_dim)
+        probe = instantiate("network", cfg.network, out_shape=shape, in_dim=in_dim, **more)
     params = list(probe.parameters())
     nbytes = sum(p.numel() * p.element_size() for p in params)
     key = "network.width" if "width" in cfg.network else "network"
