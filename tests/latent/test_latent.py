@@ -170,6 +170,33 @@ def test_decoded_samples_go_through_every_image_figure_and_picture(config, tmp_p
             "reconstructions", "code_interpolation", "code_projection"} <= pictures
 
 
+@needs_shared
+def test_the_named_flow_on_codes_teaches_its_named_one_step_student(config, tmp_path, caplog):
+    """`experiment=flow_latent_mnist`, then `experiment=distill_latent_mnist
+    matcher.ckpt=<the flow's>` (debug size): the student reuses the teacher's cached
+    autoencoder, samples decoded images in one network evaluation, and without a teacher
+    is refused before anything trains."""
+    caplog.set_level(logging.INFO, logger="ot_gen")
+    common = ["debug=smoke", f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/data", "data.download=false",
+              f"autoencoder.cache_dir={tmp_path}/ae", "eval.n_generated=0", "trainer.max_steps=4",
+              "callbacks.frechet_classifier=null", "callbacks.memorization=null", "callbacks.latent_traversals=null",
+              "callbacks.code_space=null", "callbacks.image_grids=null", "callbacks.summary_figure=null"]
+    teacher = config("experiment=flow_latent_mnist", *common, fast=False)
+    run(teacher)
+    ckpt = ROOT / teacher.paths.output_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"matcher.ckpt=None is not allowed: an existing checkpoint of a mode=flow run"):
+        build(config("experiment=distill_latent_mnist", *common, fast=False))
+    caplog.clear()
+    student = config("experiment=distill_latent_mnist", *common, f"matcher.ckpt={ckpt}", fast=False)
+    assert student.matcher.ckpt == str(ckpt) and student.prior.dim == teacher.prior.dim
+    metrics, out = _trained_on_codes(student)
+    assert "autoencoder: reusing" in caplog.text and "autoencoder: training" not in caplog.text
+    assert metrics["rounds"] >= 1 and np.isfinite(metrics["val/w2"])
+    module, _ = load_module(out / "checkpoints" / "last.ckpt")
+    assert not getattr(module.generator, "is_flow", False)  # one step: a plain generator of codes
+    assert module.sample(3).shape == (3, 1, 28, 28)
+
+
 def test_sample_writes_decoded_images_or_the_codes(config, ae_cache, tmp_path):
     cfg = config(*latent(ae_cache, *MINIBATCH))
     run(cfg)
