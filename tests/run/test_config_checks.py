@@ -33,13 +33,13 @@ def options():
 
 def needs(group: str, option: str, tmp_path) -> list[str]:
     """What an option needs beside it to build here: data files, or image data for a conv net."""
-    if option in ("mnist", "fashion_mnist") or option.startswith(("emgn_", "otgan_", "latent_", "flow_", "distill_")) \
-            and option not in ("flow_8gaussians", "flow_moons"):
+    on_files = ("emgn_", "otgan_", "latent_", "flow_latent_", "flow_mnist", "flow_fashion", "distill_")
+    if option in ("mnist", "fashion_mnist") or group == "experiment" and option.startswith(on_files):
         if not HAS_SHARED:
             pytest.skip(f"no test data at {SHARED}")
         # the whole-set experiments' pools follow data.n_train; a code-space one's autoencoder at a few steps
         latent = ["autoencoder.max_steps=5", f"autoencoder.cache_dir={tmp_path}/ae"] if "latent_" in option else []
-        if "fashion" in option:  # rounds of 10,000 of the 60,000, cut to the 1000 here
+        if group == "experiment" and "fashion" in option:  # rounds of 10,000 of the 60,000, cut to the 1000 here
             latent.append("mode.pool_size=1000")
         files = [f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/cache", "data.download=false",
                  "data.n_train=1000", "val_samples=100", *latent]
