@@ -141,7 +141,6 @@ class TorchCFMRun:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.flow.parameters()), 1.0 - keep)
         self.train_s = time.perf_counter() - start
-        self.steps = steps
         self.ema.eval()
 
     @torch.no_grad()
@@ -158,7 +157,7 @@ def main() -> None:
                         help="draws of 2000 samples that eval W2 averages (eval.w2_draws; the framework's default is 5)")
     parser.add_argument("--common", default="", help="overrides added to every run")
     parser.add_argument("--only-torchcfm", action="store_true",
-                        help="skip the whole-set row (the torchcfm rows still need the exact-pair flow's run)")
+                        help="of the framework's rows run only the exact-pair flow (the torchcfm rows' equal-time reference)")
     args = parser.parse_args()
     common = [f"trainer.max_steps={args.steps}", f"data.n_train={args.n_train}", f"eval.w2_draws={args.draws}",
               *shlex.split(args.common)]

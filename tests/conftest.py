@@ -37,6 +37,11 @@ def reaped(proc: subprocess.Popen):
             proc.communicate()
 
 
+# Every picture and figure callback off, the checkpoint callbacks kept (callbacks=none drops
+# those too): a run whose checkpoint another run reads (a teacher flow), quickly.
+NO_PICTURES = ["callbacks.frechet_classifier=null", "callbacks.memorization=null", "callbacks.latent_traversals=null",
+               "callbacks.code_space=null", "callbacks.image_grids=null", "callbacks.summary_figure=null"]
+
 # Small and fast, but real: real data, real solver, real Lightning loop.
 FAST = [
     "logger=none",

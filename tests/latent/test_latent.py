@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONF, ROOT, SHARED, needs_shared
+from conftest import CONF, NO_PICTURES, ROOT, SHARED, needs_shared
 from ot_gen.errors import ConfigError
 from ot_gen.latent import CodeDataModule
 from ot_gen.run import autoencoder_stage
@@ -178,9 +178,7 @@ def test_the_named_flow_on_codes_teaches_its_named_one_step_student(config, tmp_
     is refused before anything trains."""
     caplog.set_level(logging.INFO, logger="ot_gen")
     common = ["debug=smoke", f"paths.data_dir={SHARED}", f"data.cache_dir={tmp_path}/data", "data.download=false",
-              f"autoencoder.cache_dir={tmp_path}/ae", "eval.n_generated=0", "trainer.max_steps=4",
-              "callbacks.frechet_classifier=null", "callbacks.memorization=null", "callbacks.latent_traversals=null",
-              "callbacks.code_space=null", "callbacks.image_grids=null", "callbacks.summary_figure=null"]
+              f"autoencoder.cache_dir={tmp_path}/ae", "eval.n_generated=0", "trainer.max_steps=4", *NO_PICTURES]
     teacher = config("experiment=flow_latent_mnist", *common, fast=False)
     run(teacher)
     ckpt = ROOT / teacher.paths.output_dir / "checkpoints" / "last.ckpt"

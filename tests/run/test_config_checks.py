@@ -8,7 +8,9 @@ import sys
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import CONF, HAS_SHARED, ROOT, SHARED, make_config, python_env, write_cifar, write_folder
+from conftest import (
+    CONF, HAS_SHARED, NO_PICTURES, ROOT, SHARED, make_config, python_env, write_cifar, write_folder,
+)
 from ot_gen.errors import ConfigError, NonFiniteError
 from ot_gen.run.build import build
 from ot_gen.run.config_checks import check_all_types, check_top_level
@@ -18,11 +20,6 @@ GROUPS = ["prior", "network", "matcher", "cost", "mode", "data", "trainer", "log
           "callbacks", "scheduler", "experiment", "hparams_search", "autoencoder"]
 # Options that need hardware this machine lacks: composed only, not built.
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
-
-
-# checkpoints only (callbacks=none has none to save)
-NO_PICTURES = ["callbacks.frechet_classifier=null", "callbacks.memorization=null", "callbacks.latent_traversals=null",
-               "callbacks.code_space=null", "callbacks.image_grids=null", "callbacks.summary_figure=null"]
 
 
 def options():

@@ -62,10 +62,10 @@ class VelocityUNet(nn.Module):
               "a list of positive integers, one per resolution, e.g. [32, 64, 64]")
         check_positive_int("groups", groups)
         c, h, w = self.shape
-        halvings = len(channels) - 1
-        check(h % 2 ** halvings == 0 and w % 2 ** halvings == 0, "channels", channels,
+        halvings, possible = len(channels) - 1, _halvings(h, w)
+        check(halvings <= possible, "channels", channels,
               f"at most as many entries as {h}×{w} images halve evenly, plus one "
-              f"({h}×{w} halves {_halvings(h, w)} times: up to {_halvings(h, w) + 1} entries)")
+              f"({h}×{w} halves {possible} times: up to {possible + 1} entries)")
         emb_dim = 4 * channels[0]
         self.time = TimeFeatures(time_dim)
         self.embed = nn.Sequential(nn.Linear(time_dim + n_classes, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -33,7 +33,6 @@ class TimeFeatures(nn.Module):
         super().__init__()
         check(isinstance(dim, int) and dim >= 2 and dim % 2 == 0, "time_dim", dim,
               "an even integer >= 2 (sine and cosine features of t)")
-        self.dim = dim
         self.register_buffer("freqs", torch.logspace(0, 3, dim // 2), persistent=False)
 
     def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
